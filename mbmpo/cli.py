@@ -1,0 +1,93 @@
+"""`mbmpo` command line: `mbmpo train ...` and `mbmpo eval ...`.
+
+User errors print one line `mbmpo: error: ...` and exit with status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from mbmpo.errors import UserError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mbmpo", description="Model-Based Meta-Policy Optimization")
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="train MB-MPO on a task")
+    train.add_argument("--task", required=True, help="registered task name or a task .yaml path")
+    train.add_argument("--steps", type=int, required=True, help="real environment steps to collect")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--out", required=True, type=Path, help="run directory")
+    train.add_argument("--config", type=Path, help="YAML preset (default: config/<task>.yaml if present)")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ev = sub.add_parser("eval", help="evaluate a trained run in the real environment")
+    ev.add_argument("--run", required=True, type=Path, help="run directory")
+    ev.add_argument("--task", required=True)
+    ev.add_argument("--episodes", type=int, default=10)
+    ev.add_argument("--seed", type=int, default=12345)
+    ev.add_argument("--json", action="store_true", help="print one JSON object")
+    return parser
+
+
+def _train(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from mbmpo.config import Config, default_config_path, load_config
+    from mbmpo.tasks import get_task
+    from mbmpo.train.logger import plot_learning_curve
+    from mbmpo.train.trainer import Trainer
+
+    if args.steps < 1:
+        raise UserError("--steps must be >= 1")
+    task = get_task(args.task)
+    config_path = args.config or default_config_path(task.name)
+    cfg = load_config(config_path) if config_path else Config()
+    trainer = Trainer(task, cfg, args.out, args.seed, resume=args.resume)
+    bar = tqdm(total=args.steps, initial=min(trainer.buffer.total_steps, args.steps), unit="step",
+               desc=f"MB-MPO {task.name}", disable=args.no_progress, dynamic_ncols=True)
+
+    def report(row: dict) -> None:
+        bar.update(max(0, min(row["real_steps"], args.steps) - bar.n))
+        bar.set_postfix(ret_pre=f"{row['return_pre']:.1f}", ret_post=f"{row['return_post']:.1f}")
+
+    rows = trainer.train(args.steps, report)
+    bar.close()
+    curve = plot_learning_curve(args.out, f"MB-MPO on {task.name}")
+    if rows:
+        last = rows[-1]
+        print(f"{task.name}: {last['real_steps']} real steps, return pre {last['return_pre']:.1f}, "
+              f"post {last['return_post']:.1f}, {last['wall_s']:.0f} s; curve {curve}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from mbmpo.tasks import get_task
+    from mbmpo.train.evaluate import evaluate_run
+
+    result = evaluate_run(args.run, get_task(args.task), args.episodes, args.seed)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            print(f"{key}: {value}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _train(args) if args.command == "train" else _eval(args)
+    except UserError as err:
+        print(f"mbmpo: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mbmpo: interrupted; resume with --resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

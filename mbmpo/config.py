@@ -1,0 +1,198 @@
+"""Configuration: frozen dataclasses loaded from the YAML presets in `config/`.
+
+Each component receives only its own section (`model`, `policy`, `meta`, `collect`). Unknown keys,
+wrong types and malformed YAML raise `UserError` naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mbmpo.errors import UserError
+
+ACTIVATIONS = ("relu", "tanh", "swish")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Dynamics ensemble and its training (REFERENCE.md section 1)."""
+
+    ensemble_size: int = 5  # K: number of members, each one a meta-learning task
+    hidden: tuple[int, ...] = (512, 512)  # hidden layer widths
+    activation: str = "relu"  # relu | tanh | swish
+    weight_norm: bool = True  # w = g * v / ||v|| per output unit
+    lr: float = 1e-3  # Adam step size
+    batch_size: int = 500  # minibatch per member
+    valid_fraction: float = 0.2  # each member holds out its own random split
+    max_epochs: int = 500  # per iteration; early stopping usually ends sooner
+    persistency: float = 0.99  # rolling-average factor of the validation loss for early stopping
+    buffer_size: int = 100_000  # transitions kept (oldest dropped first)
+    min_std: float = 1e-6  # floor of the standardisation std (paper: + 1e-10)
+
+    def __post_init__(self) -> None:
+        _check(self.ensemble_size >= 1, "model.ensemble_size must be >= 1")
+        _check(all(h >= 1 for h in self.hidden), "model.hidden widths must be >= 1")
+        _check(self.activation in ACTIVATIONS, f"model.activation must be one of {ACTIVATIONS}")
+        _check(0.0 < self.valid_fraction < 1.0, "model.valid_fraction must be in (0, 1)")
+        _check(0.0 <= self.persistency < 1.0, "model.persistency must be in [0, 1)")
+        _check(self.batch_size >= 1 and self.max_epochs >= 0, "model.batch_size/max_epochs out of range")
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """Gaussian MLP policy with tanh hidden units and a learned state-independent log-std."""
+
+    hidden: tuple[int, ...] = (32, 32)
+    init_std: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check(self.init_std > 0.0, "policy.init_std must be > 0")
+
+
+@dataclass(frozen=True)
+class MetaConfig:
+    """Meta-policy optimisation over the ensemble (inner VPG step, outer TRPO or PPO step)."""
+
+    inner_lr: float = 0.001  # alpha: step size of the one VPG adaptation step
+    outer: str = "trpo"  # trpo | ppo
+    first_order: bool = False  # drop the second-order term of the meta-gradient (an extra, not default)
+    meta_steps: int = 30  # outer steps per iteration
+    tasks_per_model: int = 4  # meta-batch = ensemble_size * tasks_per_model
+    rollouts_per_task: int = 50  # imagined trajectories per task, pre- and post-update each
+    horizon: int = 0  # imagined horizon; 0 means the task's horizon
+    discount: float = 0.99
+    gae_lambda: float = 1.0
+    normalize_advantages: bool = True  # centre and scale advantages per task
+    max_kl: float = 0.01  # TRPO trust region on the post-update policies
+    cg_iters: int = 10
+    cg_damping: float = 1e-5
+    backtrack_ratio: float = 0.8
+    max_backtracks: int = 15
+    ppo_clip: float = 0.2
+    ppo_lr: float = 1e-3
+    ppo_epochs: int = 5
+    clip_obs: float = 1000.0  # imagined next observations are clipped to +- this
+    start_states: str = "reset"  # reset: observed episode starts; buffer: any recorded state
+
+    def __post_init__(self) -> None:
+        _check(self.outer in ("trpo", "ppo"), "meta.outer must be 'trpo' or 'ppo'")
+        _check(self.start_states in ("reset", "buffer"), "meta.start_states must be 'reset' or 'buffer'")
+        _check(self.meta_steps >= 1 and self.tasks_per_model >= 1, "meta.meta_steps/tasks_per_model >= 1")
+        _check(self.rollouts_per_task >= 1 and self.horizon >= 0, "meta.rollouts_per_task >= 1, horizon >= 0")
+        _check(0.0 < self.discount <= 1.0 and 0.0 <= self.gae_lambda <= 1.0, "meta.discount/gae_lambda range")
+        _check(self.max_kl > 0.0, "meta.max_kl must be > 0")
+
+
+@dataclass(frozen=True)
+class CollectConfig:
+    """Real-environment data collection and evaluation."""
+
+    initial_random_steps: int = 5000  # uniform random actions before the first iteration
+    rollouts_per_task: int = 1  # real episodes per adapted policy per iteration
+    eval_episodes: int = 5  # deterministic episodes of the meta-policy per iteration (not training data)
+    horizon: int = 0  # real episode length; 0 means the task's horizon
+
+    def __post_init__(self) -> None:
+        _check(self.initial_random_steps >= 0 and self.rollouts_per_task >= 1, "collect sizes out of range")
+        _check(self.eval_episodes >= 0 and self.horizon >= 0, "collect.eval_episodes/horizon >= 0")
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole run configuration: one section per component."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    meta: MetaConfig = field(default_factory=MetaConfig)
+    collect: CollectConfig = field(default_factory=CollectConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_SECTIONS = {"model": ModelConfig, "policy": PolicyConfig, "meta": MetaConfig, "collect": CollectConfig}
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise UserError(message)
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Check `value` against a field type hint (int, float, bool, str, tuple[int, ...])."""
+    if typing.get_origin(hint) is tuple:
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            raise UserError(f"{where} must be a list of integers, got {value!r}")
+        return tuple(value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise UserError(f"{where} must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UserError(f"{where} must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"{where} must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise UserError(f"{where} must be a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config field type {hint!r} at {where}")
+
+
+def config_from_dict(data: dict[str, Any] | None, source: str = "<dict>") -> Config:
+    """Build a `Config` from nested dicts; missing keys keep their defaults."""
+    data = data or {}
+    if not isinstance(data, dict):
+        raise UserError(f"{source}: top level must be a mapping of sections {sorted(_SECTIONS)}")
+    unknown = sorted(set(data) - set(_SECTIONS))
+    if unknown:
+        raise UserError(f"{source}: unknown section(s) {unknown}; expected some of {sorted(_SECTIONS)}")
+    sections: dict[str, Any] = {}
+    for name, cls in _SECTIONS.items():
+        raw = data.get(name) or {}
+        if not isinstance(raw, dict):
+            raise UserError(f"{source}: section '{name}' must be a mapping, got {type(raw).__name__}")
+        hints = typing.get_type_hints(cls)
+        known = {f.name for f in fields(cls)}
+        bad = sorted(set(raw) - known)
+        if bad:
+            raise UserError(f"{source}: unknown key(s) {bad} in section '{name}'; known keys: {sorted(known)}")
+        kwargs = {k: _coerce(v, hints[k], f"{source}: {name}.{k}") for k, v in raw.items()}
+        try:
+            sections[name] = cls(**kwargs)
+        except UserError as err:
+            raise UserError(f"{source}: {err}") from None
+    return Config(**sections)
+
+
+def load_config(path: str | Path) -> Config:
+    """Load a YAML preset. Raises `UserError` for a missing file or malformed YAML."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise UserError(f"cannot read config {path}: {err.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1} column {mark.column + 1}" if mark else ""
+        raise UserError(f"malformed YAML in {path}{where}: {getattr(err, 'problem', err)}") from None
+    return config_from_dict(data, source=str(path))
+
+
+def default_config_path(task_name: str) -> Path | None:
+    """The preset `config/<task>.yaml` shipped with the project, if there is one."""
+    root = Path(__file__).resolve().parent.parent / "config"
+    path = root / f"{task_name}.yaml"
+    return path if path.is_file() else None

@@ -1,0 +1,69 @@
+"""One meta-optimisation phase: repeated (imagine pre, adapt, imagine post, outer step) over the ensemble."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from mbmpo.config import MetaConfig
+from mbmpo.meta.inner import adapt
+from mbmpo.meta.outer import MetaBatch, kl_pre_post, meta_step
+from mbmpo.meta.returns import advantages
+from mbmpo.models.ensemble import DynamicsEnsemble
+from mbmpo.policy.gaussian import Params
+from mbmpo.rollouts.imagine import imagine
+from mbmpo.tasks.base import TaskSpec
+
+
+@dataclass(frozen=True)
+class MetaPhaseStats:
+    imagined_return_pre: float  # mean undiscounted return of pre-update imagined trajectories (last step)
+    imagined_return_post: float  # same for the post-update (adapted) policies
+    kl_pre_post: float  # mean KL(pi_theta || pi_theta'_k) on pre-update states (last step)
+    kl_outer: float  # mean KL of the last outer step (<= max_kl for TRPO)
+    rejected_steps: int  # outer steps whose line search found no acceptable step
+
+
+def sample_start_states(starts: Tensor, n_tasks: int, n_traj: int, generator: torch.Generator) -> Tensor:
+    """Draw T x N start states uniformly from observed states S x D."""
+    idx = torch.randint(0, starts.shape[0], (n_tasks, n_traj), generator=generator)
+    return starts[idx]
+
+
+def build_meta_batch(ensemble: DynamicsEnsemble, params: Params, starts: Tensor, task: TaskSpec, cfg: MetaConfig,
+                     horizon: int, generator: torch.Generator) -> tuple[MetaBatch, Params]:
+    """Pre-update rollouts with theta, the adapted theta'_k, post-update rollouts with them."""
+    n_tasks = ensemble.members * cfg.tasks_per_model
+    pre = imagine(ensemble, params, sample_start_states(starts, n_tasks, cfg.rollouts_per_task, generator),
+                  horizon, task, cfg.clip_obs, generator)
+    pre_adv = advantages(pre.obs, pre.rew, pre.mask, cfg.discount, cfg.gae_lambda, cfg.normalize_advantages)
+    adapted = {k: v.detach() for k, v in
+               adapt(params, pre.obs, pre.act, pre_adv, pre.mask, cfg.inner_lr, create_graph=False).items()}
+    post = imagine(ensemble, adapted, sample_start_states(starts, n_tasks, cfg.rollouts_per_task, generator),
+                   horizon, task, cfg.clip_obs, generator)
+    post_adv = advantages(post.obs, post.rew, post.mask, cfg.discount, cfg.gae_lambda, cfg.normalize_advantages)
+    return MetaBatch(pre, pre_adv, post, post_adv), adapted
+
+
+def meta_optimize(ensemble: DynamicsEnsemble, params: Params, starts: Tensor, task: TaskSpec, cfg: MetaConfig,
+                  horizon: int, generator: torch.Generator) -> tuple[Params, Params, MetaPhaseStats]:
+    """Run `cfg.meta_steps` outer steps. Returns (new meta-params, adapted params T x ... for
+    collecting real data with the new meta-params, stats)."""
+    rejected = 0
+    kl_outer = 0.0
+    for _ in range(cfg.meta_steps):
+        batch, _ = build_meta_batch(ensemble, params, starts, task, cfg, horizon, generator)
+        params, step = meta_step(params, batch, cfg)
+        rejected += int(step.backtracks < 0)
+        kl_outer = step.kl
+    batch, adapted = build_meta_batch(ensemble, params, starts, task, cfg, horizon, generator)
+    stats = MetaPhaseStats(
+        imagined_return_pre=float(batch.pre.returns.mean()),
+        imagined_return_post=float(batch.post.returns.mean()),
+        kl_pre_post=kl_pre_post(params, adapted, batch.pre.obs, batch.pre.mask),
+        kl_outer=kl_outer,
+        rejected_steps=rejected,
+    )
+    return params, adapted, stats

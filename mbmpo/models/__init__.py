@@ -1,0 +1,1 @@
+"""The dynamics ensemble: K MLPs in one batched module, their training, and the transition buffer."""

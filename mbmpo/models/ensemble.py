@@ -1,0 +1,79 @@
+"""K dynamics models as ONE module with stacked weights (E x in x out), evaluated in one batched pass.
+
+Each member predicts the standardised change of state, delta = s' - s, from standardised (s, a).
+Layers use weight normalisation: W[e, :, j] = g[e, j] * v[e, :, j] / ||v[e, :, j]||.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mbmpo.config import ModelConfig
+from mbmpo.models.normalizer import Normalizer
+
+_ACT = {"relu": F.relu, "tanh": torch.tanh, "swish": F.silu}
+
+
+class EnsembleLinear(nn.Module):
+    """E independent linear layers: x E x B x in -> E x B x out."""
+
+    def __init__(self, members: int, n_in: int, n_out: int, weight_norm: bool):
+        super().__init__()
+        bound = 1.0 / math.sqrt(n_in)
+        v = torch.empty(members, n_in, n_out).uniform_(-bound * math.sqrt(3.0), bound * math.sqrt(3.0))
+        self.weight_norm = weight_norm
+        self.v = nn.Parameter(v)
+        self.g = nn.Parameter(v.norm(dim=1, keepdim=True)) if weight_norm else None
+        self.b = nn.Parameter(torch.zeros(members, 1, n_out))
+
+    def weight(self) -> Tensor:
+        if self.g is None:
+            return self.v
+        return self.v * (self.g / self.v.norm(dim=1, keepdim=True).clamp_min(1e-12))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.baddbmm(self.b, x, self.weight())
+
+
+class DynamicsEnsemble(nn.Module):
+    """The ensemble with its input and target normalisers.
+
+    `forward` works in normalised space: E x B x (D + A) -> E x B x D. `predict` maps raw states
+    and actions (E x B x D, E x B x A) to raw next states E x B x D.
+    """
+
+    def __init__(self, obs_dim: int, act_dim: int, cfg: ModelConfig):
+        super().__init__()
+        self.obs_dim, self.act_dim, self.members = obs_dim, act_dim, cfg.ensemble_size
+        sizes = (obs_dim + act_dim, *cfg.hidden, obs_dim)
+        self.layers = nn.ModuleList(
+            EnsembleLinear(cfg.ensemble_size, a, b, cfg.weight_norm) for a, b in zip(sizes[:-1], sizes[1:]))
+        self.activation = _ACT[cfg.activation]
+        self.in_norm = Normalizer(obs_dim + act_dim, cfg.min_std)
+        self.out_norm = Normalizer(obs_dim, cfg.min_std)
+
+    def forward(self, x: Tensor) -> Tensor:
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i < len(self.layers) - 1:
+                x = self.activation(x)
+        return x
+
+    def fit_normalizers(self, obs: Tensor, act: Tensor, next_obs: Tensor) -> None:
+        """Recompute the standardisation from all data: B x D, B x A, B x D."""
+        self.in_norm.fit(torch.cat([obs, act], -1))
+        self.out_norm.fit(next_obs - obs)
+
+    def normalized_io(self, obs: Tensor, act: Tensor, next_obs: Tensor) -> tuple[Tensor, Tensor]:
+        """Network inputs and targets for raw transitions (any leading shape)."""
+        return self.in_norm.normalize(torch.cat([obs, act], -1)), self.out_norm.normalize(next_obs - obs)
+
+    @torch.no_grad()
+    def predict(self, obs: Tensor, act: Tensor) -> Tensor:
+        """Raw next states: obs E x B x D, act E x B x A -> E x B x D (member e sees batch e)."""
+        x = self.in_norm.normalize(torch.cat([obs, act], -1))
+        return obs + self.out_norm.denormalize(self(x))

@@ -1,0 +1,1 @@
+"""The Gaussian MLP meta-policy, handled functionally as a dict of tensors."""

@@ -1,0 +1,1 @@
+"""Rollouts: imagined ones in the learned ensemble, real ones in the environment."""

@@ -1,0 +1,54 @@
+"""Imagined rollouts, vectorised over tasks x trajectories; task t runs in ensemble member t // m.
+
+All T x N trajectories step together: one batched policy pass and one batched ensemble pass per step.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from mbmpo.models.ensemble import DynamicsEnsemble
+from mbmpo.policy.gaussian import Params, sample
+from mbmpo.tasks.base import TaskSpec
+from mbmpo.types import Trajectories
+
+
+@torch.no_grad()
+def imagine(ensemble: DynamicsEnsemble, params: Params, start_obs: Tensor, horizon: int, task: TaskSpec,
+            clip_obs: float, generator: torch.Generator | None = None) -> Trajectories:
+    """Roll the policy out in the models.
+
+    params: shared or task-batched (leading T). start_obs: T x N x D with T a multiple of the
+    ensemble size (tasks grouped by member: tasks [e*m, (e+1)*m) use member e).
+    Predicted states are clipped to +-clip_obs; a non-finite prediction ends its trajectory.
+    """
+    n_tasks, n_traj, obs_dim = start_obs.shape
+    members = ensemble.members
+    if n_tasks % members:
+        raise ValueError(f"{n_tasks} tasks do not divide over {members} ensemble members")
+    low = torch.as_tensor(task.act_low)
+    high = torch.as_tensor(task.act_high)
+    obs = start_obs.clone()
+    alive = torch.ones(n_tasks, n_traj, dtype=torch.bool)
+    obs_buf = torch.zeros(n_tasks, n_traj, horizon, obs_dim)
+    act_buf = torch.zeros(n_tasks, n_traj, horizon, task.act_dim)
+    rew_buf = torch.zeros(n_tasks, n_traj, horizon)
+    mask_buf = torch.zeros(n_tasks, n_traj, horizon)
+    for t in range(horizon):
+        act, _ = sample(params, obs, generator)
+        applied = torch.maximum(torch.minimum(act, high), low)
+        nxt = ensemble.predict(obs.reshape(members, -1, obs_dim), applied.reshape(members, -1, task.act_dim))
+        nxt = nxt.reshape(n_tasks, n_traj, obs_dim)
+        finite = torch.isfinite(nxt).all(-1)
+        nxt = torch.nan_to_num(nxt, nan=0.0).clamp(-clip_obs, clip_obs)
+        rew = task.reward(obs, applied, nxt).to(obs.dtype)
+        done = task.terminated(obs, applied, nxt) | ~finite
+        obs_buf[:, :, t], act_buf[:, :, t] = obs, act
+        rew_buf[:, :, t] = torch.where(alive, rew, torch.zeros_like(rew))
+        mask_buf[:, :, t] = alive.to(obs.dtype)
+        alive = alive & ~done
+        if not alive.any():
+            break
+        obs = nxt
+    return Trajectories(obs=obs_buf, act=act_buf, rew=rew_buf, mask=mask_buf)

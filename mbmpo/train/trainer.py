@@ -1,0 +1,219 @@
+"""The MB-MPO loop (Clavera et al. 2018, Algorithm 1), one iteration at a time:
+
+1. collect real episodes with the K adapted policies (uniform random actions before the first);
+2. fit the dynamics ensemble on all data so far (warm start);
+3. meta-optimise the policy over the ensemble (inner VPG step per model, outer TRPO step);
+4. evaluate in the real environment, log diagnostics, checkpoint.
+
+The run directory holds everything needed to resume: `config.yaml`, `data.npz` (every collected
+transition, saved right after collection), `checkpoint.pt` (after each iteration) and the logs.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import yaml
+
+from mbmpo.config import Config, config_from_dict
+from mbmpo.errors import UserError
+from mbmpo.meta.loop import meta_optimize
+from mbmpo.models.buffer import TransitionBuffer
+from mbmpo.models.ensemble import DynamicsEnsemble
+from mbmpo.models.training import fit_ensemble
+from mbmpo.policy.gaussian import Params, init_params, select
+from mbmpo.rollouts.real import random_episodes, run_episodes
+from mbmpo.tasks.base import TaskSpec
+from mbmpo.train.checkpoint import CHECKPOINT, check_task_matches, load_checkpoint, save_checkpoint
+from mbmpo.train.logger import RunLogger
+
+DATA = "data.npz"
+CONFIG = "config.yaml"
+
+
+@dataclass
+class RunState:
+    """What changes from iteration to iteration."""
+
+    iteration: int
+    params: Params  # the meta-policy theta
+    adapted: Params | None  # theta'_k of the last meta-phase, T x ... (None before the first)
+
+
+def _seed(seed: int, iteration: int, stream: int) -> int:
+    return (seed * 1_000_003 + iteration * 7919 + stream) % (2**31 - 1)
+
+
+class Trainer:
+    """Owns the ensemble, the policy, the data buffer and the run directory."""
+
+    def __init__(self, task: TaskSpec, cfg: Config, run_dir: Path, seed: int, resume: bool = False,
+                 tensorboard: bool = True):
+        self.task, self.cfg, self.run_dir, self.seed = task, cfg, Path(run_dir), seed
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        has_run = (self.run_dir / CHECKPOINT).exists() or (self.run_dir / DATA).exists()
+        if has_run and not resume:
+            raise UserError(f"{self.run_dir} already holds a run; pass --resume to continue it or choose another --out")
+        if resume and (self.run_dir / CONFIG).exists():
+            saved = yaml.safe_load((self.run_dir / CONFIG).read_text())
+            if saved.get("task") != task.name:
+                raise UserError(f"{self.run_dir} was trained on task '{saved.get('task')}', not '{task.name}'")
+            self.cfg = cfg = config_from_dict(saved["config"], source=str(self.run_dir / CONFIG))
+            self.seed = seed = int(saved["seed"])
+        self.real_horizon = cfg.collect.horizon or task.horizon
+        self.imagined_horizon = cfg.meta.horizon or self.real_horizon
+        self.n_tasks = cfg.model.ensemble_size * cfg.meta.tasks_per_model
+        torch.manual_seed(seed)
+        self.ensemble = DynamicsEnsemble(task.obs_dim, task.act_dim, cfg.model)
+        self.optimizer = torch.optim.Adam(self.ensemble.parameters(), lr=cfg.model.lr)
+        gen = torch.Generator().manual_seed(seed)
+        self.state = RunState(0, init_params(task.obs_dim, task.act_dim, cfg.policy.hidden, cfg.policy.init_std, gen),
+                              None)
+        self.buffer = TransitionBuffer(task.obs_dim, task.act_dim, cfg.model.buffer_size)
+        self.envs = [task.make_env(self.real_horizon) for _ in range(self.n_tasks)]
+        self.eval_env = task.make_env(self.real_horizon)
+        self.wall_offset = 0.0
+        self.ckpt_steps: int | None = None
+        if resume:
+            self._restore()
+        else:
+            (self.run_dir / CONFIG).write_text(yaml.safe_dump(
+                {"task": task.name, "seed": seed, "config": cfg.to_dict()}, sort_keys=False))
+        self.logger = RunLogger(self.run_dir, keep_iterations=self.state.iteration, tensorboard=tensorboard)
+
+    # ---- persistence -------------------------------------------------------------------------------
+    def _restore(self) -> None:
+        data_path, ckpt_path = self.run_dir / DATA, self.run_dir / CHECKPOINT
+        if data_path.exists():
+            self.buffer = TransitionBuffer.load(data_path, self.task.obs_dim, self.task.act_dim,
+                                                self.cfg.model.buffer_size)
+        if ckpt_path.exists():
+            ckpt = load_checkpoint(self.run_dir)
+            check_task_matches(ckpt, self.task.name, self.task.obs_dim, self.task.act_dim, self.run_dir)
+            self.ensemble.load_state_dict(ckpt["ensemble"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.state = RunState(int(ckpt["iteration"]), ckpt["params"], ckpt["adapted"])
+            self.wall_offset = float(ckpt["wall_s"])
+            self.ckpt_steps = int(ckpt["real_steps"])
+        elif len(self.buffer):
+            self.ckpt_steps = 0  # killed before the first checkpoint: train on the data already collected
+
+    def _checkpoint(self, wall_s: float) -> None:
+        save_checkpoint(self.run_dir, {
+            "task": self.task.name, "obs_dim": self.task.obs_dim, "act_dim": self.task.act_dim,
+            "iteration": self.state.iteration, "real_steps": self.buffer.total_steps, "wall_s": wall_s,
+            "params": self.state.params, "adapted": self.state.adapted,
+            "ensemble": self.ensemble.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "config": self.cfg.to_dict(), "obs_names": list(self.task.obs_names),
+            "act_names": list(self.task.act_names),
+        })
+
+    # ---- phases ------------------------------------------------------------------------------------
+    def collect(self, iteration: int) -> list:
+        """Random episodes first, then episodes of every adapted policy (tailored exploration)."""
+        if self.state.adapted is None:
+            return random_episodes(self.task, self.envs[0], self.cfg.collect.initial_random_steps,
+                                   self.real_horizon, _seed(self.seed, iteration, 1))
+        gen = torch.Generator().manual_seed(_seed(self.seed, iteration, 2))
+        episodes = []
+        for r in range(self.cfg.collect.rollouts_per_task):
+            seeds = [_seed(self.seed, iteration, 100 + r * self.n_tasks + j) for j in range(self.n_tasks)]
+            episodes += run_episodes(self.task, self.envs, self.state.adapted, seeds, self.real_horizon,
+                                     generator=gen)
+        return episodes
+
+    def fit(self, iteration: int):
+        b = self.buffer
+        gen = torch.Generator().manual_seed(_seed(self.seed, iteration, 3))
+        return fit_ensemble(self.ensemble, self.optimizer, torch.as_tensor(b.obs), torch.as_tensor(b.act),
+                            torch.as_tensor(b.next_obs), self.cfg.model, gen)
+
+    def evaluate(self, iteration: int, episodes: int) -> tuple[float, float]:
+        """Deterministic real returns of the meta-policy and of one adapted policy per ensemble member."""
+        seeds = [_seed(self.seed, iteration, 10_000 + j) for j in range(max(episodes, 1))]
+        pre = [run_episodes(self.task, [self.eval_env], self.state.params, [s], self.real_horizon,
+                            deterministic=True)[0].ret for s in seeds[:episodes]]
+        post = []
+        if self.state.adapted is not None:
+            m = self.cfg.meta.tasks_per_model
+            for k in range(self.cfg.model.ensemble_size):
+                p = select(self.state.adapted, k * m)
+                post.append(run_episodes(self.task, [self.eval_env], p, [seeds[k % len(seeds)]],
+                                         self.real_horizon, deterministic=True)[0].ret)
+        return float(np.mean(pre)) if pre else float("nan"), float(np.mean(post)) if post else float("nan")
+
+    def disagreement(self, episodes: list) -> float:
+        """Ensemble disagreement on fresh real transitions: mean over dims of the std across members of
+        the predicted next state, in units of the target standardisation."""
+        if not episodes:
+            return float("nan")
+        obs = torch.as_tensor(np.concatenate([e.obs[:-1] for e in episodes]))
+        act = torch.as_tensor(np.concatenate([e.act for e in episodes]))
+        members = self.ensemble.members
+        pred = self.ensemble.predict(obs.expand(members, -1, -1), act.expand(members, -1, -1))
+        return float((pred.std(0) / self.ensemble.out_norm.std).mean())
+
+    def _data_ahead(self) -> bool:
+        """True after a resume when data was collected after the last checkpoint (train on it first)."""
+        return self.ckpt_steps is not None and self.buffer.total_steps > self.ckpt_steps
+
+    # ---- the loop ----------------------------------------------------------------------------------
+    def iterate(self) -> dict[str, Any]:
+        """One MB-MPO iteration; returns the progress row."""
+        it = self.state.iteration
+        t0 = time.perf_counter()
+        skip_collect = self._data_ahead()
+        exploring = self.state.adapted is not None
+        if len(self.buffer) == 0 and self.state.adapted is not None:
+            raise UserError(f"{self.run_dir}: checkpoint found but {DATA} is missing; cannot resume without data")
+        fresh = [] if skip_collect else self.collect(it)
+        self.ckpt_steps = None
+        if fresh:
+            self.buffer.add_episodes(fresh)
+            self.buffer.save(self.run_dir / DATA)
+        t1 = time.perf_counter()
+        fit = self.fit(it)
+        t2 = time.perf_counter()
+        gen = torch.Generator().manual_seed(_seed(self.seed, it, 4))
+        starts = torch.as_tensor(self.buffer.starts if self.cfg.meta.start_states == "reset" else self.buffer.obs)
+        params, adapted, meta = meta_optimize(self.ensemble, self.state.params, starts, self.task, self.cfg.meta,
+                                              self.imagined_horizon, gen)
+        t3 = time.perf_counter()
+        self.state = RunState(it + 1, params, adapted)
+        ret_pre, ret_post = self.evaluate(it, self.cfg.collect.eval_episodes)
+        t4 = time.perf_counter()
+        collected = [e.ret for e in fresh] if exploring else []
+        row: dict[str, Any] = {
+            "iteration": it, "real_steps": self.buffer.total_steps,
+            "return_pre": round(ret_pre, 3), "return_post": round(ret_post, 3),
+            "wall_s": round(self.wall_offset + t4 - self._start, 2),
+            "return_collect": round(float(np.mean(collected)), 3) if collected else "",
+            "imagined_return_pre": round(meta.imagined_return_pre, 3),
+            "imagined_return_post": round(meta.imagined_return_post, 3),
+            "kl_pre_post": meta.kl_pre_post, "kl_outer": meta.kl_outer, "rejected_steps": meta.rejected_steps,
+            "model_val_loss": float(np.mean(fit.val_loss)), "model_epochs": int(np.mean(fit.epochs)),
+            "disagreement": self.disagreement(fresh),
+            "t_collect": round(t1 - t0, 3), "t_fit": round(t2 - t1, 3), "t_meta": round(t3 - t2, 3),
+            "t_eval": round(t4 - t3, 3),
+        }
+        row.update({f"val_loss_m{k}": v for k, v in enumerate(fit.val_loss)})
+        self.logger.log(row)
+        self._checkpoint(row["wall_s"])
+        return row
+
+    def train(self, total_steps: int, on_iteration: Callable[[dict[str, Any]], None] | None = None) -> list[dict]:
+        """Iterate until `total_steps` real transitions have been collected."""
+        self._start = time.perf_counter()
+        rows = []
+        while self.buffer.total_steps < total_steps or self._data_ahead():
+            row = self.iterate()
+            rows.append(row)
+            if on_iteration is not None:
+                on_iteration(row)
+        self.logger.close()
+        return rows
