@@ -23,6 +23,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--out", required=True, type=Path, help="run directory")
     train.add_argument("--config", type=Path, help="YAML preset (default: config/<task>.yaml if present)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out")
+    train.add_argument("--target-return", type=float, help="stop once the meta-policy's return reaches this")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     ev = sub.add_parser("eval", help="evaluate a trained run in the real environment")
     ev.add_argument("--run", required=True, type=Path, help="run directory")
@@ -54,7 +55,7 @@ def _train(args: argparse.Namespace) -> int:
         bar.update(max(0, min(row["real_steps"], args.steps) - bar.n))
         bar.set_postfix(ret_pre=f"{row['return_pre']:.1f}", ret_post=f"{row['return_post']:.1f}")
 
-    rows = trainer.train(args.steps, report)
+    rows = trainer.train(args.steps, report, target_return=args.target_return)
     bar.close()
     curve = plot_learning_curve(args.out, f"MB-MPO on {task.name}")
     if rows:

@@ -93,12 +93,12 @@ def trpo_step(params: Params, batch: MetaBatch, cfg: MetaConfig) -> tuple[Params
     def evaluate(x: Tensor) -> tuple[float, float]:
         candidate = unflat(x, theta)
         loss_x, kl_x, _ = _surrogate_and_kl(candidate, batch, cfg.inner_lr, False, old)
-        return float(loss_x), float(kl_x)
+        return float(loss_x.detach()), float(kl_x.detach())
 
     x, loss_after, kl_after, backtracks = backtracking_line_search(
-        evaluate, x0, full_step, float(loss), cfg.max_kl, cfg.backtrack_ratio, cfg.max_backtracks)
+        evaluate, x0, full_step, float(loss.detach()), cfg.max_kl, cfg.backtrack_ratio, cfg.max_backtracks)
     new = {k: v.detach().clone() for k, v in unflat(x, theta).items()}
-    return new, MetaStepStats(float(loss), loss_after, kl_after, backtracks)
+    return new, MetaStepStats(float(loss.detach()), loss_after, kl_after, backtracks)
 
 
 def ppo_step(params: Params, batch: MetaBatch, cfg: MetaConfig) -> tuple[Params, MetaStepStats]:
@@ -113,7 +113,7 @@ def ppo_step(params: Params, batch: MetaBatch, cfg: MetaConfig) -> tuple[Params,
         clipped = torch.minimum(ratio * adv, ratio.clamp(1 - cfg.ppo_clip, 1 + cfg.ppo_clip) * adv)
         loss = -masked_task_mean(clipped, batch.post.mask).mean()
         if epoch == 0:
-            loss0 = float(loss)
+            loss0 = float(loss.detach())
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

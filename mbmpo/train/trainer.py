@@ -81,7 +81,7 @@ class Trainer:
         self.ckpt_steps: int | None = None
         if resume:
             self._restore()
-        else:
+        if not (self.run_dir / CONFIG).exists():
             (self.run_dir / CONFIG).write_text(yaml.safe_dump(
                 {"task": task.name, "seed": seed, "config": cfg.to_dict()}, sort_keys=False))
         self.logger = RunLogger(self.run_dir, keep_iterations=self.state.iteration, tensorboard=tensorboard)
@@ -206,8 +206,10 @@ class Trainer:
         self._checkpoint(row["wall_s"])
         return row
 
-    def train(self, total_steps: int, on_iteration: Callable[[dict[str, Any]], None] | None = None) -> list[dict]:
-        """Iterate until `total_steps` real transitions have been collected."""
+    def train(self, total_steps: int, on_iteration: Callable[[dict[str, Any]], None] | None = None,
+              target_return: float | None = None) -> list[dict]:
+        """Iterate until `total_steps` real transitions have been collected, or until the meta-policy's
+        evaluation return reaches `target_return` (if given)."""
         self._start = time.perf_counter()
         rows = []
         while self.buffer.total_steps < total_steps or self._data_ahead():
@@ -215,5 +217,7 @@ class Trainer:
             rows.append(row)
             if on_iteration is not None:
                 on_iteration(row)
+            if target_return is not None and row["return_pre"] >= target_return:
+                break
         self.logger.close()
         return rows

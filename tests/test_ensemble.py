@@ -1,0 +1,103 @@
+"""The dynamics ensemble: member independence, weight normalisation, normalisers, fitting, the buffer."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mbmpo.config import ModelConfig
+from mbmpo.errors import UserError
+from mbmpo.models.buffer import TransitionBuffer
+from mbmpo.models.ensemble import DynamicsEnsemble, EnsembleLinear
+from mbmpo.models.normalizer import Normalizer
+from mbmpo.models.training import fit_ensemble, member_splits
+from mbmpo.types import Episode
+
+CFG = ModelConfig(ensemble_size=3, hidden=(16, 16), batch_size=32, max_epochs=30)
+
+
+def test_members_are_independent() -> None:
+    ens = DynamicsEnsemble(4, 2, CFG)
+    x = torch.randn(3, 10, 6)
+    out = ens(x)
+    # the gradient of member 0's output touches only member 0's parameters
+    out[0].sum().backward()
+    for p in ens.parameters():
+        assert p.grad[1:].abs().sum() == 0 and p.grad[0].abs().sum() > 0
+    # changing member 2's weights leaves members 0 and 1 unchanged
+    with torch.no_grad():
+        ens.layers[0].v[2] += 1.0
+    out2 = ens(x)
+    assert torch.equal(out2[:2], out[:2]) and not torch.equal(out2[2], out[2])
+
+
+def test_weight_norm_by_hand() -> None:
+    layer = EnsembleLinear(2, 3, 4, weight_norm=True)
+    with torch.no_grad():
+        layer.g.mul_(2.0)
+    v, g = layer.v[1], layer.g[1, 0]
+    expected = torch.stack([g[j] * v[:, j] / v[:, j].norm() for j in range(4)], dim=1)
+    assert torch.allclose(layer.weight()[1], expected, atol=1e-6)
+
+
+def test_normalizer_round_trip() -> None:
+    data = torch.randn(100, 5) * torch.tensor([1.0, 10.0, 0.1, 3.0, 1e-9]) + 4.0
+    norm = Normalizer(5, min_std=1e-6)
+    norm.fit(data)
+    z = norm.normalize(data)
+    assert torch.allclose(norm.denormalize(z), data, atol=1e-4)
+    assert torch.allclose(z[:, :4].mean(0), torch.zeros(4), atol=1e-4)
+    assert torch.allclose(z[:, :4].std(0, unbiased=False), torch.ones(4), atol=1e-3)
+
+
+def test_member_splits_differ_and_partition() -> None:
+    train, valid = member_splits(50, 3, 0.2, torch.Generator().manual_seed(0))
+    assert train.shape == (3, 40) and valid.shape == (3, 10)
+    for e in range(3):
+        assert sorted(torch.cat([train[e], valid[e]]).tolist()) == list(range(50))
+    assert not torch.equal(valid[0], valid[1])
+
+
+def test_fit_learns_linear_dynamics_and_stops_early() -> None:
+    torch.manual_seed(1)
+    obs, act = torch.randn(2000, 4), torch.randn(2000, 2)
+    nxt = obs + 0.1 * torch.cat([act, act], -1) + 0.05 * obs
+    ens = DynamicsEnsemble(4, 2, CFG)
+    opt = torch.optim.Adam(ens.parameters(), lr=CFG.lr)
+    result = fit_ensemble(ens, opt, obs, act, nxt, CFG, torch.Generator().manual_seed(0))
+    assert max(result.val_loss) < 0.05  # normalised MSE; 1.0 would mean no skill
+    pred = ens.predict(obs[:100].expand(3, -1, -1), act[:100].expand(3, -1, -1))
+    assert (pred - nxt[:100]).abs().mean() < 0.02
+    long = ModelConfig(ensemble_size=3, hidden=(16, 16), batch_size=32, max_epochs=500, persistency=0.5)
+    result = fit_ensemble(ens, opt, obs, act, nxt, long, torch.Generator().manual_seed(1))
+    assert max(result.epochs) < 500  # the rolling validation loss stopped every member
+
+
+def _episode(n: int, d: int = 3, a: int = 2, value: float = 0.0) -> Episode:
+    return Episode(obs=np.full((n + 1, d), value, np.float32), act=np.zeros((n, a), np.float32),
+                   rew=np.ones(n, np.float32), terminated=False)
+
+
+def test_buffer_is_bounded_and_round_trips(tmp_path: Path) -> None:
+    buf = TransitionBuffer(3, 2, capacity=25)
+    buf.add_episodes([_episode(10, value=i) for i in range(4)])
+    assert len(buf) == 25 and buf.total_steps == 40
+    assert buf.obs[0, 0] == 1.0  # the oldest 15 transitions (episode 0 and half of 1) were dropped
+    buf.save(tmp_path / "data.npz")
+    back = TransitionBuffer.load(tmp_path / "data.npz", 3, 2, 25)
+    assert back.total_steps == 40 and np.array_equal(back.obs, buf.obs) and np.array_equal(back.starts, buf.starts)
+    with pytest.raises(UserError, match="the task expects 4 and 2"):
+        TransitionBuffer.load(tmp_path / "data.npz", 4, 2, 25)
+
+
+def test_buffer_rejects_bad_episodes_without_losing_data() -> None:
+    buf = TransitionBuffer(3, 2, capacity=100)
+    buf.add_episodes([_episode(5)])
+    bad = _episode(5)
+    bad.obs[2, 1] = np.nan
+    with pytest.raises(ValueError, match="non-finite"):
+        buf.add_episodes([_episode(5), bad])
+    with pytest.raises(ValueError, match="buffer expects"):
+        buf.add_episodes([_episode(5, d=4)])
+    assert len(buf) == 5

@@ -1,0 +1,99 @@
+"""The inner step, the meta-gradient and the TRPO step against autograd, finite differences and the KL bound."""
+
+import torch
+
+from mbmpo.config import MetaConfig
+from mbmpo.meta.inner import adapt, vpg_loss
+from mbmpo.meta.outer import MetaBatch, _old_post_policy, _surrogate_and_kl, trpo_step
+from mbmpo.meta.trpo import conjugate_gradient
+from mbmpo.policy.gaussian import init_params, log_prob, select
+from mbmpo.types import Trajectories
+
+
+def _traj(n_tasks: int, n: int, h: int, d: int, a: int, dtype=torch.float32) -> Trajectories:
+    mask = torch.ones(n_tasks, n, h, dtype=dtype)
+    mask[:, 0, h // 2:] = 0.0
+    return Trajectories(obs=torch.randn(n_tasks, n, h, d, dtype=dtype), act=torch.randn(n_tasks, n, h, a, dtype=dtype),
+                        rew=torch.randn(n_tasks, n, h, dtype=dtype) * mask, mask=mask)
+
+
+def _double(params):
+    return {k: v.double() for k, v in params.items()}
+
+
+def test_inner_step_equals_manual_gradient_step() -> None:
+    params = init_params(3, 2, (8,), 1.0)
+    tr = _traj(3, 4, 5, 3, 2)
+    adv = torch.randn(3, 4, 5) * tr.mask
+    adapted = adapt(params, tr.obs, tr.act, adv, tr.mask, inner_lr=0.1, create_graph=False)
+    for t in range(3):
+        leaf = {k: v.clone().requires_grad_() for k, v in params.items()}
+        lp = log_prob(leaf, tr.obs[t], tr.act[t])
+        loss = -(lp * adv[t] * tr.mask[t]).sum() / tr.mask[t].sum()  # hand-written VPG loss of task t
+        loss.backward()
+        for k in params:
+            assert torch.allclose(adapted[k][t], params[k] - 0.1 * leaf[k].grad, atol=1e-6), k
+
+
+def test_meta_gradient_reaches_pre_update_params_and_matches_finite_differences() -> None:
+    torch.manual_seed(4)
+    params = _double(init_params(2, 1, (4,), 1.0))
+    pre, post = _traj(2, 3, 4, 2, 1, torch.float64), _traj(2, 3, 4, 2, 1, torch.float64)
+    batch = MetaBatch(pre, torch.randn(2, 3, 4, dtype=torch.float64) * pre.mask, post,
+                      torch.randn(2, 3, 4, dtype=torch.float64) * post.mask)
+    lr = 0.5  # large, so the second-order term matters
+    old = _old_post_policy(params, batch, lr)
+    theta = {k: v.clone().requires_grad_() for k, v in params.items()}
+    loss, _, _ = _surrogate_and_kl(theta, batch, lr, True, old)
+    grads = torch.autograd.grad(loss, list(theta.values()))
+    assert all(g.abs().sum() > 0 for g in grads)  # every pre-update parameter receives gradient
+    eps = 1e-6
+    for (k, v), g in zip(theta.items(), grads):
+        for idx in [(0,) * v.dim(), tuple(s - 1 for s in v.shape)]:
+            plus = {kk: vv.detach().clone() for kk, vv in theta.items()}
+            minus = {kk: vv.detach().clone() for kk, vv in theta.items()}
+            plus[k][idx] += eps
+            minus[k][idx] -= eps
+            fd = (float(_surrogate_and_kl(plus, batch, lr, False, old)[0].detach())
+                  - float(_surrogate_and_kl(minus, batch, lr, False, old)[0].detach())) / (2 * eps)
+            assert abs(fd - float(g[idx])) < 1e-6 * max(1.0, abs(fd)), (k, idx, fd, float(g[idx]))
+
+
+def test_first_order_gradient_differs_from_second_order() -> None:
+    torch.manual_seed(5)
+    params = _double(init_params(2, 1, (4,), 1.0))
+    pre, post = _traj(2, 3, 4, 2, 1, torch.float64), _traj(2, 3, 4, 2, 1, torch.float64)
+    batch = MetaBatch(pre, torch.randn(2, 3, 4, dtype=torch.float64), post, torch.randn(2, 3, 4, dtype=torch.float64))
+    old = _old_post_policy(params, batch, 0.5)
+    out = []
+    for second in (True, False):
+        theta = {k: v.clone().requires_grad_() for k, v in params.items()}
+        loss, _, _ = _surrogate_and_kl(theta, batch, 0.5, second, old)
+        out.append(torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, list(theta.values()))]))
+    assert (out[0] - out[1]).abs().max() > 1e-4
+
+
+def test_conjugate_gradient_solves_spd_system() -> None:
+    torch.manual_seed(6)
+    m = torch.randn(6, 6, dtype=torch.float64)
+    a = m @ m.T + 6 * torch.eye(6, dtype=torch.float64)
+    b = torch.randn(6, dtype=torch.float64)
+    x = conjugate_gradient(lambda v: a @ v, b, iters=20)
+    assert torch.allclose(a @ x, b, atol=1e-8)
+
+
+def test_trpo_step_respects_kl_bound_and_improves_surrogate() -> None:
+    torch.manual_seed(7)
+    params = init_params(3, 2, (16,), 1.0)
+    pre, post = _traj(2, 8, 10, 3, 2), _traj(2, 8, 10, 3, 2)
+    # post-update data sampled from the adapted policies, advantages favour larger first action
+    batch0 = MetaBatch(pre, torch.randn(2, 8, 10) * pre.mask, post, post.act[..., 0] * post.mask)
+    cfg = MetaConfig(max_kl=0.01, inner_lr=0.05)
+    new, stats = trpo_step(params, batch0, cfg)
+    assert stats.backtracks >= 0
+    assert stats.kl <= cfg.max_kl
+    assert stats.loss_after < stats.loss_before
+    old = _old_post_policy(params, batch0, cfg.inner_lr)
+    loss, kl, _ = _surrogate_and_kl(new, batch0, cfg.inner_lr, False, old)
+    assert float(kl) <= cfg.max_kl and float(loss) < stats.loss_before
+    assert any(not torch.equal(new[k], params[k]) for k in params)

@@ -1,0 +1,70 @@
+"""Each task's reward and termination, computed on observations, against the environment's own."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mbmpo.errors import UserError
+from mbmpo.rollouts.real import random_episodes
+from mbmpo.tasks import TASK_NAMES, get_task
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "point_mass" / "task.yaml"
+
+# The forward reward uses the next observation's root velocity where the env uses the finite
+# difference of the root position; these bound the mean |difference| per step seen on random data.
+# Ant's env reward also carries a contact cost the observation cannot see.
+REWARD_TOLERANCE = {"HalfCheetah-v5": 0.3, "Hopper-v5": 0.06, "Walker2d-v5": 0.15, "Ant-v5": 0.25,
+                    "Swimmer-v5": 0.12, "InvertedPendulum-v5": 0.0, "point_mass": 1e-6}
+
+
+def _check(task_name_or_path: str, key: str) -> None:
+    task = get_task(task_name_or_path)
+    env = task.make_env(task.horizon)
+    episodes = random_episodes(task, env, 600, task.horizon, seed=3)
+    obs = np.concatenate([e.obs[:-1] for e in episodes])
+    nxt = np.concatenate([e.obs[1:] for e in episodes])
+    act = np.concatenate([e.act for e in episodes])
+    rew = np.concatenate([e.rew for e in episodes])
+    model_rew = task.reward(obs, act, nxt)
+    assert np.mean(np.abs(model_rew - rew)) <= REWARD_TOLERANCE[key] + 1e-6
+    # termination exactly as the environment: True on the last step of terminated episodes only
+    term = np.concatenate([np.arange(e.length) == e.length - 1 if e.terminated else np.zeros(e.length, bool)
+                           for e in episodes])
+    np.testing.assert_array_equal(task.terminated(obs, act, nxt), term)
+    # the same functions on torch tensors give the same values (imagination uses torch)
+    t = [torch.as_tensor(x) for x in (obs, act, nxt)]
+    np.testing.assert_allclose(task.reward(*t).numpy(), model_rew, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(task.terminated(*t).numpy(), task.terminated(obs, act, nxt))
+
+
+@pytest.mark.parametrize("name", TASK_NAMES)
+def test_builtin_reward_and_termination_match_env(name: str) -> None:
+    _check(name, name)
+
+
+def test_user_task_yaml_reward_and_termination_match_env() -> None:
+    task = get_task(str(EXAMPLE))
+    assert task.name == "point_mass" and task.obs_dim == 4 and task.act_dim == 2
+    assert task.obs_names == ("qpos:x", "qpos:y", "qvel:x", "qvel:y")
+    _check(str(EXAMPLE), "point_mass")
+
+
+def test_unknown_task_is_a_user_error() -> None:
+    with pytest.raises(UserError, match="unknown task 'Cheetah'.*HalfCheetah-v5"):
+        get_task("Cheetah")
+
+
+def test_broken_task_yaml_is_a_user_error(tmp_path: Path) -> None:
+    bad = tmp_path / "t.yaml"
+    bad.write_text("mjcf: missing.xml\nreward: fns:reward\n")
+    with pytest.raises(UserError, match="cannot load MJCF"):
+        get_task(str(bad))
+    bad.write_text("mjcf: [unclosed\n")
+    with pytest.raises(UserError, match="malformed YAML"):
+        get_task(str(bad))
+    (tmp_path / "pm.xml").write_text(EXAMPLE.with_name("point_mass.xml").read_text())
+    bad.write_text("mjcf: pm.xml\nreward: nofile:reward\n")
+    with pytest.raises(UserError, match="module file .*nofile.py not found"):
+        get_task(str(bad))
