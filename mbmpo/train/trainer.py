@@ -78,6 +78,7 @@ class Trainer:
         self.envs = [task.make_env(self.real_horizon) for _ in range(self.n_tasks)]
         self.eval_env = task.make_env(self.real_horizon)
         self.wall_offset = 0.0
+        self._start = time.perf_counter()
         self.ckpt_steps: int | None = None
         if resume:
             self._restore()

@@ -1,0 +1,109 @@
+"""The `mbmpo` command line: the train/eval contract, resume, and one-line user errors."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mbmpo.cli import main
+from mbmpo.tasks import TASK_NAMES
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ROOT / "tests" / "configs" / "tiny.yaml"
+EXAMPLE = ROOT / "examples" / "point_mass" / "task.yaml"
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mbmpo.cli", *args], capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, "PYTHONWARNINGS": "ignore"}, timeout=300)
+
+
+def _rows(run: Path) -> list[dict]:
+    with (run / "progress.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize("task", [*TASK_NAMES, str(EXAMPLE)])
+def test_every_task_trains_on_a_tiny_budget(task: str, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert main(["train", "--task", task, "--steps", "100", "--out", str(out), "--config", str(TINY),
+                 "--no-progress"]) == 0
+    rows = _rows(out)
+    assert rows and {"iteration", "real_steps", "return_pre", "return_post", "wall_s"} <= set(rows[0])
+    assert int(rows[-1]["real_steps"]) >= 100
+    assert (out / "learning_curve.png").stat().st_size > 1000
+    assert (out / "checkpoint.pt").is_file() and list((out / "tb").iterdir())
+
+
+def test_train_then_eval_json_and_resume(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "run"
+    args = ["train", "--task", "InvertedPendulum-v5", "--seed", "3", "--out", str(out), "--config", str(TINY),
+            "--no-progress"]
+    assert main([*args, "--steps", "60"]) == 0
+    steps_before = int(_rows(out)[-1]["real_steps"])
+    assert main([*args, "--steps", "60"]) == 2  # refuses to overwrite a run
+    assert "pass --resume" in capsys.readouterr().err
+    assert main([*args, "--steps", "200", "--resume"]) == 0
+    rows = _rows(out)
+    assert [int(r["iteration"]) for r in rows] == list(range(len(rows)))
+    assert int(rows[0]["real_steps"]) == steps_before and int(rows[-1]["real_steps"]) >= 200
+    capsys.readouterr()
+    assert main(["eval", "--run", str(out), "--task", "InvertedPendulum-v5", "--episodes", "2", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert {"return_pre_mean", "return_pre_std", "return_post_mean", "return_post_std"} <= set(result)
+
+
+def test_resume_after_kill_between_collection_and_checkpoint(tmp_path: Path) -> None:
+    """Data saved right after collection survives a kill before the checkpoint and is trained on."""
+    from mbmpo.config import load_config
+    from mbmpo.tasks import get_task
+    from mbmpo.train.trainer import Trainer
+
+    task, cfg = get_task("InvertedPendulum-v5"), load_config(TINY)
+    trainer = Trainer(task, cfg, tmp_path, seed=0, tensorboard=False)
+    trainer.train(60)
+    episodes = trainer.collect(1)  # the next iteration's collection ...
+    trainer.buffer.add_episodes(episodes)
+    trainer.buffer.save(tmp_path / "data.npz")  # ... is on disk, then the process dies
+    collected = trainer.buffer.total_steps
+    resumed = Trainer(task, cfg, tmp_path, seed=0, resume=True, tensorboard=False)
+    assert resumed.buffer.total_steps == collected
+    row = resumed.iterate()  # trains on the saved data instead of collecting again
+    assert row["real_steps"] == collected and row["iteration"] == 1
+
+
+def test_user_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
+    r = _run("train", "--task", "NoSuchTask-v9", "--steps", "10", "--out", str(tmp_path / "x"))
+    assert r.returncode == 2 and "unknown task 'NoSuchTask-v9'" in r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("meta: {inner_lr: [oops\n")
+    r = _run("train", "--task", "InvertedPendulum-v5", "--steps", "10", "--out", str(tmp_path / "y"),
+             "--config", str(bad))
+    assert r.returncode == 2 and "malformed YAML" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_eval_refuses_a_checkpoint_of_other_sizes(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "run"
+    assert main(["train", "--task", "InvertedPendulum-v5", "--steps", "60", "--out", str(out),
+                 "--config", str(TINY), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["eval", "--run", str(out), "--task", "Hopper-v5", "--episodes", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "obs size 4 and action size 1" in err and "'Hopper-v5' has 11 and 3" in err
+    (out / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    assert main(["eval", "--run", str(out), "--task", "InvertedPendulum-v5"]) == 2
+    assert "cannot read checkpoint" in capsys.readouterr().err
+
+
+def test_checkpoint_loads_with_weights_only(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    main(["train", "--task", "InvertedPendulum-v5", "--steps", "60", "--out", str(out), "--config", str(TINY),
+          "--no-progress"])
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert state["task"] == "InvertedPendulum-v5" and state["adapted"]["w0"].shape[0] == 2
