@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import shlex
 import statistics
 import sys
@@ -83,6 +82,25 @@ class Recorder:
         self.records.append({"name": name, "value": value, "unit": unit, "command": self.command})
         print(f"  {name:<52} {value:>14.4g} {unit}", flush=True)
         return value
+
+
+def cpu_busy_fraction(seconds: float = 2.0) -> float:
+    """Fraction of all CPUs busy over `seconds` while this process sleeps, i.e. other processes' load
+    (Linux /proc/stat; NaN elsewhere)."""
+
+    def busy_total() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            user, nice, system, idle, iowait, irq, softirq, steal = map(int, f.readline().split()[1:9])
+        busy = user + nice + system + irq + softirq + steal
+        return busy, busy + idle + iowait
+
+    try:
+        b0, t0 = busy_total()
+        time.sleep(seconds)
+        b1, t1 = busy_total()
+    except (OSError, ValueError):
+        return float("nan")
+    return (b1 - b0) / max(t1 - t0, 1)
 
 
 def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
@@ -222,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     s = QUICK if args.quick else FULL
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {'quick' if args.quick else 'full'} run")
     rec.add("torch_threads", torch.get_num_threads(), "threads")
-    rec.add("loadavg_1min_start", os.getloadavg()[0], "runnable tasks")
+    rec.add("other_cpu_busy_fraction_start", cpu_busy_fraction(), "fraction of all cores")
     print("matmul peak:")
     peak = bench_matmul(rec, s, "matmul_gflops")
     print("ensemble predict:")
@@ -236,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         bench_iterations(rec, s, args.meta_steps)
     print("matmul peak again (the machine is shared; a large change means the figures above are suspect):")
     bench_matmul(rec, s, "matmul_gflops_end")
-    rec.add("loadavg_1min_end", os.getloadavg()[0], "runnable tasks")
+    rec.add("other_cpu_busy_fraction_end", cpu_busy_fraction(), "fraction of all cores")
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(rec.records, indent=1) + "\n")

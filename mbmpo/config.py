@@ -72,6 +72,7 @@ class MetaConfig:
     max_kl: float = 0.01  # TRPO trust region on the post-update policies
     cg_iters: int = 10
     cg_damping: float = 1e-5
+    cg_subsample: float = 1.0  # fraction of rollouts used in Fisher-vector products (1.0: all)
     backtrack_ratio: float = 0.8
     max_backtracks: int = 15
     ppo_clip: float = 0.2
@@ -87,6 +88,7 @@ class MetaConfig:
         _check(self.rollouts_per_task >= 1 and self.horizon >= 0, "meta.rollouts_per_task >= 1, horizon >= 0")
         _check(0.0 < self.discount <= 1.0 and 0.0 <= self.gae_lambda <= 1.0, "meta.discount/gae_lambda range")
         _check(self.max_kl > 0.0, "meta.max_kl must be > 0")
+        _check(0.0 < self.cg_subsample <= 1.0, "meta.cg_subsample must be in (0, 1]")
 
 
 @dataclass(frozen=True)

@@ -97,3 +97,13 @@ def test_trpo_step_respects_kl_bound_and_improves_surrogate() -> None:
     loss, kl, _ = _surrogate_and_kl(new, batch0, cfg.inner_lr, False, old)
     assert float(kl) <= cfg.max_kl and float(loss) < stats.loss_before
     assert any(not torch.equal(new[k], params[k]) for k in params)
+
+
+def test_trpo_step_with_subsampled_fisher_still_respects_kl_bound() -> None:
+    torch.manual_seed(8)
+    params = init_params(3, 2, (16,), 1.0)
+    pre, post = _traj(2, 10, 10, 3, 2), _traj(2, 10, 10, 3, 2)
+    batch = MetaBatch(pre, torch.randn(2, 10, 10) * pre.mask, post, post.act[..., 0] * post.mask)
+    cfg = MetaConfig(max_kl=0.01, inner_lr=0.05, cg_subsample=0.3)
+    _, stats = trpo_step(params, batch, cfg)
+    assert stats.backtracks >= 0 and stats.kl <= cfg.max_kl and stats.loss_after < stats.loss_before

@@ -70,15 +70,33 @@ def _surrogate_and_kl(params: Params, batch: MetaBatch, inner_lr: float, create_
     return loss, kl, ratio
 
 
+def subsample(batch: MetaBatch, fraction: float, generator: torch.Generator | None = None) -> MetaBatch:
+    """The same tasks with a random `fraction` of their pre- and post-update rollouts (N -> N')."""
+    if fraction >= 1.0:
+        return batch
+    n = batch.pre.obs.shape[1]
+    keep = max(1, int(round(n * fraction)))
+    idx = torch.randperm(n, generator=generator)[:keep]
+    pick = lambda tr: Trajectories(tr.obs[:, idx], tr.act[:, idx], tr.rew[:, idx], tr.mask[:, idx])
+    return MetaBatch(pick(batch.pre), batch.pre_adv[:, idx], pick(batch.post), batch.post_adv[:, idx])
+
+
 def trpo_step(params: Params, batch: MetaBatch, cfg: MetaConfig) -> tuple[Params, MetaStepStats]:
-    """One TRPO meta-step: natural gradient through the inner step, CG on the KL's Hessian, line search."""
+    """One TRPO meta-step: natural gradient through the inner step, CG on the KL's Hessian, line search.
+
+    The Fisher-vector products may use a subsample of the rollouts (`cfg.cg_subsample`, as rllab's
+    TRPO `subsample_factor`); gradient, line search and constraint always use the whole batch.
+    """
     second_order = not cfg.first_order
     theta = {k: v.detach().requires_grad_() for k, v in params.items()}
     names = sorted(theta)
     old = _old_post_policy(theta, batch, cfg.inner_lr)
-    loss, kl, _ = _surrogate_and_kl(theta, batch, cfg.inner_lr, second_order, old)
-    grads = torch.autograd.grad(loss, [theta[k] for k in names], retain_graph=True)
+    loss, _, _ = _surrogate_and_kl(theta, batch, cfg.inner_lr, second_order, old)
+    grads = torch.autograd.grad(loss, [theta[k] for k in names])
     g = torch.cat([x.reshape(-1) for x in grads])
+    fisher_batch = subsample(batch, cfg.cg_subsample)
+    fisher_old = old if fisher_batch is batch else _old_post_policy(theta, fisher_batch, cfg.inner_lr)
+    _, kl, _ = _surrogate_and_kl(theta, fisher_batch, cfg.inner_lr, second_order, fisher_old)
     kl_grads = torch.autograd.grad(kl, [theta[k] for k in names], create_graph=True)
     kl_grad = torch.cat([x.reshape(-1) for x in kl_grads])
 
