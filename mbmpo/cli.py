@@ -26,12 +26,43 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--target-return", type=float, help="stop once the meta-policy's return reaches this")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     ev = sub.add_parser("eval", help="evaluate a trained run in the real environment")
-    ev.add_argument("--run", required=True, type=Path, help="run directory")
+    source = ev.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run", type=Path, help="run directory (evaluates the checkpoint with torch)")
+    source.add_argument("--policy", type=Path, help="exported bundle (evaluates through the ONNX runtime)")
     ev.add_argument("--task", required=True)
+    ev.add_argument("--adapt", action="store_true", help="with --policy: adapt once from fresh episodes")
+    ev.add_argument("--adapt-episodes", type=int, default=4, help="episodes of fresh data for --adapt")
+    ev.add_argument("--perturb", nargs="*", metavar="KEY=SCALE", help="scale mass, inertia, friction, gear, damping")
     ev.add_argument("--episodes", type=int, default=10)
     ev.add_argument("--seed", type=int, default=12345)
     ev.add_argument("--json", action="store_true", help="print one JSON object")
+    ex = sub.add_parser("export", help="export a run's policy as an ONNX bundle")
+    ex.add_argument("--run", required=True, type=Path, help="run directory")
+    ex.add_argument("--out", required=True, type=Path, help="bundle directory to write")
+    ex.add_argument("--task", help="task of the run (default: the one recorded in the run)")
     return parser
+
+
+def _run_task(run: Path, task: str | None):
+    """The task named on the command line, or the one the run recorded."""
+    import yaml
+
+    from mbmpo.tasks import get_task
+
+    if task is None:
+        config = run / "config.yaml"
+        if not config.is_file():
+            raise UserError(f"{run} has no config.yaml; pass --task")
+        task = str(yaml.safe_load(config.read_text())["task"])
+    return get_task(task)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from mbmpo.export.bundle import export_run
+
+    manifest = export_run(args.run, _run_task(args.run, args.task), args.out)
+    print(f"wrote bundle {args.out} ({manifest['policy_version']}, {manifest['n_explore']} exploration policies)")
+    return 0
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -67,9 +98,20 @@ def _train(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     from mbmpo.tasks import get_task
-    from mbmpo.train.evaluate import evaluate_run
+    from mbmpo.tasks.perturb import parse_perturbations
 
-    result = evaluate_run(args.run, get_task(args.task), args.episodes, args.seed)
+    perturb = parse_perturbations(args.perturb)
+    if args.policy is not None:
+        from mbmpo.train.evaluate_bundle import evaluate_bundle
+
+        result = evaluate_bundle(args.policy, get_task(args.task), args.episodes, args.adapt, perturb,
+                                 args.adapt_episodes, args.seed)
+    else:
+        from mbmpo.train.evaluate import evaluate_run
+
+        if args.adapt or perturb:
+            raise UserError("--adapt and --perturb evaluate an exported bundle: use --policy PDIR")
+        result = evaluate_run(args.run, get_task(args.task), args.episodes, args.seed)
     if args.json:
         print(json.dumps(result))
     else:
@@ -81,7 +123,7 @@ def _eval(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return _train(args) if args.command == "train" else _eval(args)
+        return {"train": _train, "eval": _eval, "export": _export}[args.command](args)
     except UserError as err:
         print(f"mbmpo: error: {err}", file=sys.stderr)
         return 2

@@ -1,0 +1,1 @@
+"""Export of a trained run to a self-contained ONNX policy bundle (see `mbmpo.runtime` for loading)."""

@@ -1,0 +1,141 @@
+"""`mbmpo export`: a run directory -> a self-contained policy bundle.
+
+    PDIR/policy.onnx     obs B x D (+ optional parameter inputs) -> action_mean B x A, action_log_std A; the
+                         meta-parameters are stored as overridable initialisers
+    PDIR/adapt.onnx      the one-step adaptation (params, obs, act, adv, alpha) -> adapted params
+    PDIR/params.npz      meta-parameters and the K x m adapted parameter sets of the last iteration
+    PDIR/reward.py       the task's reward/termination functions (numpy-compatible source)
+    PDIR/manifest.json   the contract: sizes, joint order, limits, control period, alpha, advantage
+                         settings, versions, and the sha256 of every other file
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import shutil
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+
+from mbmpo.errors import UserError
+from mbmpo.export.graphs import AdaptGraph, PolicyGraph, param_names
+from mbmpo.policy.gaussian import n_layers
+from mbmpo.tasks.base import TaskSpec
+from mbmpo.train.checkpoint import check_task_matches, load_checkpoint
+
+FORMAT = "mbmpo-bundle/1"
+OPSET = 17
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _function_source(ref: str) -> tuple[Path, str]:
+    """(source file, function name) of a 'module:function' or '/path/file.py:function' reference."""
+    target, _, fn = ref.rpartition(":")
+    if target.endswith(".py"):
+        return Path(target), fn
+    return Path(importlib.import_module(target).__file__ or ""), fn
+
+
+def _export(module: torch.nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str],
+            dynamic: dict[str, dict[int, str]]) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        torch.onnx.export(module, args, str(path), input_names=inputs, output_names=outputs, dynamic_axes=dynamic,
+                          opset_version=OPSET, dynamo=False)
+
+
+def _add_defaults_and_metadata(path: Path, defaults: dict[str, np.ndarray], metadata: dict[str, str]) -> None:
+    """Store parameter values as initialisers with the input names (inputs may still override them)."""
+    model = onnx.load(str(path))
+    for name, value in defaults.items():
+        model.graph.initializer.append(onnx.numpy_helper.from_array(value.astype(np.float32), name))
+    for key, value in metadata.items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
+def export_run(run_dir: Path, task: TaskSpec, out_dir: Path, adapt_max_kl: float = 1.0) -> dict[str, Any]:
+    """Write the bundle for the run's latest checkpoint; returns the manifest."""
+    ckpt = load_checkpoint(run_dir)
+    check_task_matches(ckpt, task.name, task.obs_dim, task.act_dim, run_dir)
+    params = {k: v.detach().float() for k, v in ckpt["params"].items()}
+    adapted = {k: v.detach().float() for k, v in ckpt["adapted"].items()}
+    layers = n_layers(params)
+    names = param_names(layers)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    meta_cfg = ckpt["config"]["meta"]
+    version = f"{task.name}@it{ckpt['iteration']}-{ckpt['real_steps']}steps"
+    metadata = {"mbmpo.format": FORMAT, "mbmpo.task": task.name, "mbmpo.obs_dim": str(task.obs_dim),
+                "mbmpo.act_dim": str(task.act_dim), "mbmpo.obs_names": ",".join(task.obs_names),
+                "mbmpo.act_names": ",".join(task.act_names), "mbmpo.policy_version": version}
+
+    obs = torch.zeros(2, task.obs_dim)
+    args = [params[k] for k in names]
+    _export(PolicyGraph(layers), (obs, *args), out_dir / "policy.onnx", ["obs", *names], ["action_mean", "action_log_std"],
+            {"obs": {0: "batch"}, "action_mean": {0: "batch"}})
+    _add_defaults_and_metadata(out_dir / "policy.onnx", {k: params[k].numpy() for k in names}, metadata)
+    act, adv, alpha = torch.zeros(2, task.act_dim), torch.zeros(2), torch.tensor(0.0)
+    _export(AdaptGraph(layers), (*args, obs, act, adv, alpha), out_dir / "adapt.onnx",
+            [*names, "obs", "act", "adv", "alpha"], [f"{k}_new" for k in names],
+            {"obs": {0: "batch"}, "act": {0: "batch"}, "adv": {0: "batch"}})
+    _add_defaults_and_metadata(out_dir / "adapt.onnx", {}, metadata)
+
+    arrays = {f"meta/{k}": params[k].numpy() for k in names}
+    arrays.update({f"explore/{k}": adapted[k].numpy() for k in names})
+    np.savez(out_dir / "params.npz", **arrays)
+
+    reward_file, reward_fn = _function_source(task.reward_ref)
+    shutil.copyfile(reward_file, out_dir / "reward.py")
+    termination = None
+    if task.termination_ref:
+        term_file, term_fn = _function_source(task.termination_ref)
+        if term_file.resolve() != reward_file.resolve():
+            raise UserError(f"task '{task.name}': reward and termination must live in one module file to export")
+        termination = term_fn
+
+    manifest: dict[str, Any] = {
+        "format": FORMAT,
+        "task": task.name,
+        "policy_version": version,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "training_real_steps": int(ckpt["real_steps"]),
+        "iteration": int(ckpt["iteration"]),
+        "obs_dim": task.obs_dim,
+        "act_dim": task.act_dim,
+        "obs_names": list(task.obs_names),
+        "act_names": list(task.act_names),
+        "act_low": [float(x) for x in task.act_low],
+        "act_high": [float(x) for x in task.act_high],
+        "control_period_s": task.dt,
+        "horizon": task.horizon,
+        "obs_normalization": {"mean": [0.0] * task.obs_dim, "std": [1.0] * task.obs_dim},
+        "param_names": names,
+        "n_explore": int(adapted["w0"].shape[0]),
+        "alpha": float(meta_cfg["inner_lr"]),
+        "gamma": float(meta_cfg["discount"]),
+        "gae_lambda": float(meta_cfg["gae_lambda"]),
+        "normalize_advantages": bool(meta_cfg["normalize_advantages"]),
+        "baseline": "linear-feature",
+        "adapt_max_kl": adapt_max_kl,
+        "reward": {"file": "reward.py", "function": reward_fn},
+        "termination": None if termination is None else {"file": "reward.py", "function": termination},
+        "files": {},
+    }
+    for name in ("policy.onnx", "adapt.onnx", "params.npz", "reward.py"):
+        manifest["files"][name] = sha256(out_dir / name)
+    tmp = out_dir / "manifest.json.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2))
+    tmp.replace(out_dir / "manifest.json")
+    return manifest

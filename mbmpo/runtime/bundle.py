@@ -1,0 +1,114 @@
+"""Loading a policy bundle: every file's sha256 and the contract are checked before anything runs."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import onnxruntime as ort
+
+FORMAT = "mbmpo-bundle/1"
+FILES = ("policy.onnx", "adapt.onnx", "params.npz", "reward.py")
+
+
+class BundleError(ValueError):
+    """A bundle that must not be used: missing or altered files, or a broken contract."""
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A verified bundle: manifest, ONNX sessions, parameter sets and the task's reward function."""
+
+    path: Path
+    manifest: dict[str, Any]
+    policy_session: ort.InferenceSession
+    adapt_session: ort.InferenceSession
+    meta_params: dict[str, np.ndarray]
+    explore_params: dict[str, np.ndarray]  # each K x ...
+    reward_fn: Callable[..., Any]
+    termination_fn: Callable[..., Any] | None
+
+    @property
+    def obs_dim(self) -> int:
+        return int(self.manifest["obs_dim"])
+
+    @property
+    def act_dim(self) -> int:
+        return int(self.manifest["act_dim"])
+
+
+def _session(path: Path) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1  # one observation at a time: threads only add latency
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # parameters are overridable inputs by design: silence that notice
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as err:
+        raise BundleError(f"{path}: not a loadable ONNX model: {str(err).splitlines()[0]}") from None
+
+
+def _load_function(file: Path, name: str) -> Callable[..., Any]:
+    spec = importlib.util.spec_from_file_location(f"mbmpo_bundle_{hashlib.sha1(str(file).encode()).hexdigest()}", file)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    fn = getattr(module, name, None)
+    if not callable(fn):
+        raise BundleError(f"{file} has no function '{name}'")
+    return fn
+
+
+def load_bundle(path: str | Path) -> Bundle:
+    """Verify and load. Raises `BundleError` saying which file or field is wrong."""
+    path = Path(path)
+    try:
+        manifest = json.loads((path / "manifest.json").read_text())
+    except FileNotFoundError:
+        raise BundleError(f"{path}: no manifest.json (not a policy bundle)") from None
+    except (OSError, json.JSONDecodeError) as err:
+        raise BundleError(f"{path}/manifest.json is unreadable: {err}") from None
+    if manifest.get("format") != FORMAT:
+        raise BundleError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+    for name in FILES:
+        file = path / name
+        if not file.is_file():
+            raise BundleError(f"{path}: missing file {name}")
+        digest = hashlib.sha256(file.read_bytes()).hexdigest()
+        if digest != manifest.get("files", {}).get(name):
+            raise BundleError(f"{path}/{name}: sha256 {digest[:12]}... does not match the manifest")
+    obs_dim, act_dim = int(manifest["obs_dim"]), int(manifest["act_dim"])
+    if len(manifest["obs_names"]) != obs_dim or len(manifest["act_names"]) != act_dim:
+        raise BundleError(f"{path}: manifest names {len(manifest['obs_names'])} observations / "
+                          f"{len(manifest['act_names'])} actions but sizes {obs_dim} / {act_dim}")
+    with np.load(path / "params.npz", allow_pickle=False) as data:
+        meta = {k: data[f"meta/{k}"] for k in manifest["param_names"]}
+        explore = {k: data[f"explore/{k}"] for k in manifest["param_names"]}
+    for label, params in (("meta", meta), ("explore", explore)):
+        bad = [k for k, v in params.items() if not np.isfinite(v).all()]
+        if bad:
+            raise BundleError(f"{path}/params.npz: non-finite {label} parameters {bad}")
+    if meta["w0"].shape[0] != obs_dim or meta["log_std"].shape != (act_dim,):
+        raise BundleError(f"{path}/params.npz: parameters take {meta['w0'].shape[0]} observations and give "
+                          f"{meta['log_std'].shape[0]} actions; the manifest says {obs_dim} and {act_dim}")
+    policy_session = _session(path / "policy.onnx")
+    declared = policy_session.get_inputs()[0].shape[-1]
+    if declared != obs_dim:
+        raise BundleError(f"{path}/policy.onnx takes {declared} observations; the manifest says {obs_dim}")
+    reward = _load_function(path / "reward.py", manifest["reward"]["function"])
+    term = manifest.get("termination")
+    termination = _load_function(path / "reward.py", term["function"]) if term else None
+    return Bundle(path, manifest, policy_session, _session(path / "adapt.onnx"), meta, explore, reward, termination)
+
+
+def load(path: str | Path) -> "Policy":
+    """Load a bundle and return its meta-policy."""
+    from mbmpo.runtime.policy import Policy
+
+    bundle = load_bundle(path)
+    return Policy(bundle, bundle.meta_params, "meta")

@@ -1,0 +1,130 @@
+"""`Policy`: act with one parameter set through ONNX Runtime, and adapt it with ONE gradient step.
+
+A `Policy` never changes: `adapt` returns a new one (or raises `AdaptationRefused`), so a caller can
+swap policies atomically at an episode boundary or keep the old one.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from mbmpo.runtime.advantages import advantages, pad_episodes
+from mbmpo.runtime.bundle import Bundle
+
+
+class AdaptationRefused(RuntimeError):
+    """The adapted parameters failed validation (non-finite, or KL(pre || post) over the bound)."""
+
+
+def gaussian_kl(mean_p: np.ndarray, log_std_p: np.ndarray, mean_q: np.ndarray, log_std_q: np.ndarray) -> np.ndarray:
+    """KL(p || q) of diagonal Gaussians, summed over the last dimension."""
+    var_p, var_q = np.exp(2 * log_std_p), np.exp(2 * log_std_q)
+    return (log_std_q - log_std_p + (var_p + (mean_p - mean_q) ** 2) / (2 * var_q) - 0.5).sum(-1)
+
+
+class Policy:
+    """One parameter set of a bundle (the meta-policy, an exploration policy, or an adapted one)."""
+
+    def __init__(self, bundle: Bundle, params: dict[str, np.ndarray], name: str):
+        self.bundle, self.params, self.name = bundle, params, name
+        self._low = np.asarray(bundle.manifest["act_low"], np.float32)
+        self._high = np.asarray(bundle.manifest["act_high"], np.float32)
+
+    @property
+    def manifest(self) -> dict:
+        return self.bundle.manifest
+
+    def _check_obs(self, obs: np.ndarray) -> np.ndarray:
+        obs = np.asarray(obs, dtype=np.float32)
+        if obs.shape[-1:] != (self.bundle.obs_dim,) or obs.ndim not in (1, 2):
+            raise ValueError(f"observation has shape {obs.shape}; policy '{self.manifest['policy_version']}' "
+                             f"expects ({self.bundle.obs_dim},) or (B, {self.bundle.obs_dim}) "
+                             f"ordered as {self.manifest['obs_names']}")
+        if not np.isfinite(obs).all():
+            raise ValueError(f"observation contains non-finite values at indices "
+                             f"{np.argwhere(~np.isfinite(obs)).tolist()[:5]}")
+        return obs
+
+    def distribution(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(mean B x A, log_std A) for obs B x D."""
+        feed = {"obs": obs, **self.params}
+        mean, log_std = self.bundle.policy_session.run(None, feed)
+        return mean, log_std
+
+    def act(self, obs: np.ndarray, deterministic: bool = False, rng: np.random.Generator | None = None) -> np.ndarray:
+        """Action(s) for obs D or B x D, clipped to the action limits. Raises ValueError for bad input."""
+        obs = self._check_obs(obs)
+        single = obs.ndim == 1
+        mean, log_std = self.distribution(obs[None] if single else obs)
+        action = mean if deterministic else mean + np.exp(log_std) * (rng or np.random.default_rng()).standard_normal(mean.shape).astype(np.float32)
+        if not np.isfinite(action).all():
+            raise ValueError(f"policy '{self.name}' produced a non-finite action")
+        action = np.clip(action, self._low, self._high)
+        return action[0] if single else action
+
+    def exploration(self, k: int) -> "Policy":
+        """The k-th adapted parameter set of the last training iteration (what MB-MPO explores with)."""
+        n = self.manifest["n_explore"]
+        if not 0 <= k < n:
+            raise IndexError(f"exploration policy {k} requested; the bundle has {n}")
+        return Policy(self.bundle, {name: v[k] for name, v in self.bundle.explore_params.items()}, f"explore{k}")
+
+    def meta(self) -> "Policy":
+        return Policy(self.bundle, self.bundle.meta_params, "meta")
+
+    def advantages(self, episodes: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> np.ndarray:
+        """GAE advantages (linear baseline, the bundle's gamma/lambda) for episodes (obs, act, rew): N x H."""
+        obs, _, rew, mask = pad_episodes(list(episodes))
+        m = self.manifest
+        return advantages(obs, rew, mask, m["gamma"], m["gae_lambda"], m["normalize_advantages"])
+
+    def adapt(self, episodes: Sequence[tuple[np.ndarray, ...]], alpha: float | None = None,
+              max_kl: float | None = None) -> "Policy":
+        """ONE policy-gradient step from real episodes; returns a NEW policy.
+
+        episodes: each (obs (L+1) x D, act L x A) with rewards computed by the bundle's reward function,
+        or (obs (L+1) x D, act L x A, rew L). Raises `AdaptationRefused` when the result is non-finite
+        or moves the policy more than `max_kl` (mean KL(pre || post) on the batch's states).
+        """
+        prepared = []
+        for ep in episodes:
+            obs, act = self._check_obs(ep[0]), np.asarray(ep[1], np.float32)
+            if obs.ndim != 2 or act.shape != (obs.shape[0] - 1, self.bundle.act_dim):
+                raise ValueError(f"episode has obs {obs.shape} and act {act.shape}; expected (L+1, "
+                                 f"{self.bundle.obs_dim}) and (L, {self.bundle.act_dim})")
+            rew = np.asarray(ep[2], np.float32) if len(ep) > 2 else np.asarray(
+                self.bundle.reward_fn(obs[:-1], act, obs[1:]), np.float32)
+            if not np.isfinite(act).all() or not np.isfinite(rew).all():
+                raise ValueError("episode has non-finite actions or rewards")
+            prepared.append((obs[:-1], act, rew))
+        if not prepared or sum(len(r) for _, _, r in prepared) == 0:
+            raise ValueError("adapt needs at least one transition")
+        adv = self.advantages(prepared)
+        obs_b = np.concatenate([o for o, _, _ in prepared])
+        act_b = np.concatenate([a for _, a, _ in prepared])
+        adv_b = np.concatenate([adv[i, :len(r)] for i, (_, _, r) in enumerate(prepared)]).astype(np.float32)
+        alpha = self.manifest["alpha"] if alpha is None else alpha
+        feed = {**self.params, "obs": obs_b, "act": act_b, "adv": adv_b, "alpha": np.asarray(alpha, np.float32)}
+        outputs = self.bundle.adapt_session.run(None, feed)
+        new_params = dict(zip(self.manifest["param_names"], outputs))
+        bad = [k for k, v in new_params.items() if not np.isfinite(v).all()]
+        if bad:
+            raise AdaptationRefused(f"adapted parameters {bad} are not finite; keeping '{self.name}'")
+        adapted = Policy(self.bundle, new_params, f"{self.name}+adapted")
+        with np.errstate(all="ignore"):
+            kl = self.kl_to(adapted, obs_b)
+        if not np.isfinite(kl):
+            raise AdaptationRefused(f"adapted policy's actions are not finite (KL {kl}); keeping '{self.name}'")
+        bound = self.manifest["adapt_max_kl"] if max_kl is None else max_kl
+        if not kl <= bound:
+            raise AdaptationRefused(f"adaptation moved the policy by KL {kl:.4g} > bound {bound}; keeping '{self.name}'")
+        adapted.kl_from_parent = kl
+        return adapted
+
+    def kl_to(self, other: "Policy", obs: np.ndarray) -> float:
+        """Mean KL(self || other) over states obs B x D."""
+        mean_p, log_std_p = self.distribution(obs)
+        mean_q, log_std_q = other.distribution(obs)
+        return float(gaussian_kl(mean_p, log_std_p, mean_q, log_std_q).mean())

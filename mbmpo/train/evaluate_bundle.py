@@ -1,0 +1,68 @@
+"""Evaluating an exported bundle through the torch-free runtime: what is evaluated is what deploys."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mbmpo.errors import UserError
+from mbmpo.runtime import AdaptationRefused, BundleError, Policy, load
+from mbmpo.tasks.base import TaskSpec
+from mbmpo.tasks.perturb import apply_perturbations
+
+
+def runtime_episode(policy: Policy, env: Any, seed: int, horizon: int, deterministic: bool,
+                    rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, float]:
+    """One episode driven by `policy.act`; returns (obs (L+1) x D, act L x A, return)."""
+    obs, _ = env.reset(seed=seed)
+    observations, actions, total = [np.asarray(obs, np.float32)], [], 0.0
+    for _ in range(horizon):
+        action = policy.act(observations[-1], deterministic=deterministic, rng=rng)
+        obs, reward, terminated, truncated, _ = env.step(action)
+        observations.append(np.asarray(obs, np.float32))
+        actions.append(action)
+        total += float(reward)
+        if terminated or truncated:
+            break
+    return np.stack(observations), np.stack(actions), total
+
+
+def check_contract(policy: Policy, task: TaskSpec) -> None:
+    """The bundle's observation/action layout must be the task's, name for name."""
+    m = policy.manifest
+    if list(m["obs_names"]) != list(task.obs_names) or list(m["act_names"]) != list(task.act_names):
+        raise UserError(f"bundle {policy.bundle.path} expects observations {m['obs_names']} and actions "
+                        f"{m['act_names']}; task '{task.name}' gives {list(task.obs_names)} and {list(task.act_names)}")
+
+
+def evaluate_bundle(pdir: Path, task: TaskSpec, episodes: int, adapt: bool, perturb: dict[str, float],
+                    adapt_episodes: int = 4, seed: int = 12345) -> dict[str, Any]:
+    """Returns before (meta-policy) and, with `adapt`, after ONE adaptation step from fresh episodes."""
+    if episodes < 1:
+        raise UserError("--episodes must be >= 1")
+    try:
+        policy = load(pdir)
+    except BundleError as err:
+        raise UserError(str(err)) from None
+    check_contract(policy, task)
+    env = task.make_env(task.horizon)
+    apply_perturbations(env, perturb)
+    rng = np.random.default_rng(seed)
+    pre = [runtime_episode(policy, env, seed + i, task.horizon, True, rng)[2] for i in range(episodes)]
+    result: dict[str, Any] = {"task": task.name, "episodes": episodes, "perturb": perturb,
+                              "policy_version": policy.manifest["policy_version"],
+                              "return_pre_mean": float(np.mean(pre)), "return_pre_std": float(np.std(pre))}
+    if adapt:
+        fresh = [runtime_episode(policy, env, seed + 1000 + i, task.horizon, False, rng) for i in range(adapt_episodes)]
+        try:
+            adapted = policy.adapt([(o, a) for o, a, _ in fresh])
+            result["adapt_kl"] = adapted.kl_from_parent
+        except AdaptationRefused as err:
+            adapted, result["adapt_refused"] = policy, str(err)
+        post = [runtime_episode(adapted, env, seed + i, task.horizon, True, rng)[2] for i in range(episodes)]
+        result.update({"adapt_transitions": int(sum(len(a) for _, a, _ in fresh)),
+                       "return_post_mean": float(np.mean(post)), "return_post_std": float(np.std(post))})
+    env.close()
+    return result
