@@ -14,7 +14,7 @@ from mbmpo.models.normalizer import Normalizer
 from mbmpo.models.training import fit_ensemble, member_splits
 from mbmpo.types import Episode
 
-CFG = ModelConfig(ensemble_size=3, hidden=(16, 16), batch_size=32, max_epochs=30)
+CFG = ModelConfig(ensemble_size=3, hidden=(16, 16), batch_size=50, max_epochs=25, lr=3e-3)
 
 
 def test_members_are_independent() -> None:
@@ -61,7 +61,7 @@ def test_member_splits_differ_and_partition() -> None:
 
 def test_fit_learns_linear_dynamics_and_stops_early() -> None:
     torch.manual_seed(1)
-    obs, act = torch.randn(2000, 4), torch.randn(2000, 2)
+    obs, act = torch.randn(1000, 4), torch.randn(1000, 2)
     nxt = obs + 0.1 * torch.cat([act, act], -1) + 0.05 * obs
     ens = DynamicsEnsemble(4, 2, CFG)
     opt = torch.optim.Adam(ens.parameters(), lr=CFG.lr)
@@ -69,9 +69,9 @@ def test_fit_learns_linear_dynamics_and_stops_early() -> None:
     assert max(result.val_loss) < 0.05  # normalised MSE; 1.0 would mean no skill
     pred = ens.predict(obs[:100].expand(3, -1, -1), act[:100].expand(3, -1, -1))
     assert (pred - nxt[:100]).abs().mean() < 0.02
-    long = ModelConfig(ensemble_size=3, hidden=(16, 16), batch_size=32, max_epochs=500, persistency=0.5)
+    long = ModelConfig(ensemble_size=3, hidden=(16, 16), batch_size=50, max_epochs=300, persistency=0.5, lr=3e-3)
     result = fit_ensemble(ens, opt, obs, act, nxt, long, torch.Generator().manual_seed(1))
-    assert max(result.epochs) < 500  # the rolling validation loss stopped every member
+    assert max(result.epochs) < 300  # the rolling validation loss stopped every member
 
 
 def _episode(n: int, d: int = 3, a: int = 2, value: float = 0.0) -> Episode:
