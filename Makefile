@@ -9,13 +9,18 @@ export PYTHONUNBUFFERED := 1
 
 .PHONY: setup demo test test-fast bench clean
 
-$(STAMP): requirements.txt pyproject.toml
+ROS_IFACE := ros2_ws/src/mbmpo_interfaces
+$(STAMP): requirements.txt requirements-ros.txt pyproject.toml scripts/build_interfaces.sh \
+          $(ROS_IFACE)/package.xml $(ROS_IFACE)/CMakeLists.txt $(wildcard $(ROS_IFACE)/msg/*.msg)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch first and pinned: the local CPU build (an unpinned torch pulls a multi-GB CUDA build)
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -r requirements.txt
-	$(PY) -m pip install -q --no-deps -e .
+	# the library's and the ROS 2 Jazzy wheels' pins, resolved together
+	$(PY) -m pip install -q -r requirements.txt -r requirements-ros.txt
+	# the custom message package, built with the wheels and installed into the venv
+	bash scripts/build_interfaces.sh $(VENV)
+	$(PY) -m pip install -q --no-deps -e . -e ros2_ws/src/mbmpo_ros
 	touch $(STAMP)
 
 setup: $(STAMP)

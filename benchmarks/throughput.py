@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import shlex
 import statistics
 import sys
@@ -52,6 +53,7 @@ class Settings:
 
     matmul_n: int
     repeats: int
+    hidden: tuple[int, ...]  # dynamics ensemble hidden widths (the paper's: 512, 512)
     predict_batches: tuple[int, ...]  # states per ensemble member
     n_tasks: int  # imagined tasks (multiple of the ensemble size)
     n_traj: int  # rollouts per task
@@ -61,14 +63,15 @@ class Settings:
     iteration_cfg: Config
 
 
-FULL = Settings(matmul_n=2048, repeats=7, predict_batches=(200, 1000, 4000, 20000), n_tasks=20, n_traj=50,
-                horizon=200, train_batch=500, train_steps=20, iteration_cfg=Config())
+FULL = Settings(matmul_n=2048, repeats=7, hidden=(512, 512), predict_batches=(200, 1000, 4000, 20000), n_tasks=20,
+                n_traj=50, horizon=200, train_batch=500, train_steps=20, iteration_cfg=Config())
 QUICK = Settings(
-    matmul_n=512, repeats=3, predict_batches=(200, 1000), n_tasks=5, n_traj=10, horizon=20, train_batch=500,
-    train_steps=3,
+    matmul_n=512, repeats=3, hidden=(128, 128), predict_batches=(200, 1000), n_tasks=5, n_traj=10, horizon=20,
+    train_batch=500, train_steps=2,
     iteration_cfg=Config(model=ModelConfig(hidden=(64, 64), max_epochs=2),
-                         meta=MetaConfig(meta_steps=1, tasks_per_model=1, rollouts_per_task=5, horizon=20),
-                         collect=CollectConfig(initial_random_steps=200, eval_episodes=1, horizon=20)))
+                         meta=MetaConfig(meta_steps=1, tasks_per_model=1, rollouts_per_task=5, horizon=10, cg_iters=3,
+                                         max_backtracks=3),
+                         collect=CollectConfig(initial_random_steps=100, eval_episodes=1, horizon=10)))
 
 
 class Recorder:
@@ -84,23 +87,49 @@ class Recorder:
         return value
 
 
-def cpu_busy_fraction(seconds: float = 2.0) -> float:
-    """Fraction of all CPUs busy over `seconds` while this process sleeps, i.e. other processes' load
-    (Linux /proc/stat; NaN elsewhere)."""
+class LoadMeter:
+    """CPU time used by OTHER processes while a section runs, as a fraction of all cores.
 
-    def busy_total() -> tuple[int, int]:
-        with open("/proc/stat") as f:
-            user, nice, system, idle, iowait, irq, softirq, steal = map(int, f.readline().split()[1:9])
+    The machine is shared: another CPU-bound process makes 2-thread torch ops wait for a descheduled
+    thread at every parallel region, so each section records how loaded the machine was. Reads
+    Linux /proc/stat (all-core busy time) and subtracts this process's own CPU time; NaN elsewhere.
+    """
+
+    def __init__(self) -> None:
+        self.start = self._read()
+
+    @staticmethod
+    def _read() -> tuple[float, float, float] | None:
+        """(busy CPU seconds of all processes, core-seconds elapsed, own CPU seconds)."""
+        try:
+            with open("/proc/stat") as f:
+                user, nice, system, idle, iowait, irq, softirq, steal = map(int, f.readline().split()[1:9])
+        except (OSError, ValueError):
+            return None
+        hz = os.sysconf("SC_CLK_TCK")
         busy = user + nice + system + irq + softirq + steal
-        return busy, busy + idle + iowait
+        own = os.times()
+        return busy / hz, (busy + idle + iowait) / hz, own.user + own.system
 
-    try:
-        b0, t0 = busy_total()
-        time.sleep(seconds)
-        b1, t1 = busy_total()
-    except (OSError, ValueError):
-        return float("nan")
-    return (b1 - b0) / max(t1 - t0, 1)
+    def others(self) -> float:
+        """Other processes' load since construction (0 = idle machine, 1 = every core busy)."""
+        end = self._read()
+        if self.start is None or end is None or end[1] <= self.start[1]:
+            return float("nan")
+        busy, total, own = (e - s for e, s in zip(end, self.start))
+        return max(0.0, busy - own) / total
+
+
+def wait_until_quiet(max_wait_s: float, threshold: float = 0.1, window_s: float = 3.0) -> float:
+    """Sleep until other processes use < `threshold` of the cores over one window (or `max_wait_s`
+    passes); returns the seconds waited."""
+    start = time.perf_counter()
+    while time.perf_counter() - start < max_wait_s:
+        meter = LoadMeter()
+        time.sleep(window_s)
+        if not meter.others() >= threshold:  # NaN (no /proc) counts as quiet
+            break
+    return time.perf_counter() - start
 
 
 def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
@@ -120,9 +149,9 @@ def forward_flops(ensemble: DynamicsEnsemble) -> int:
     return sum(2 * layer.v.shape[1] * layer.v.shape[2] for layer in ensemble.layers)
 
 
-def make_ensemble(obs_dim: int, act_dim: int) -> DynamicsEnsemble:
-    """The paper's ensemble, 5 x (512, 512), with normalisers fitted to unit-scale random data."""
-    ensemble = DynamicsEnsemble(obs_dim, act_dim, ModelConfig(hidden=(512, 512), ensemble_size=5))
+def make_ensemble(obs_dim: int, act_dim: int, hidden: tuple[int, ...]) -> DynamicsEnsemble:
+    """A 5-member ensemble (the paper's: 5 x (512, 512)), normalisers fitted to unit-scale random data."""
+    ensemble = DynamicsEnsemble(obs_dim, act_dim, ModelConfig(hidden=hidden, ensemble_size=5))
     obs, act = torch.randn(1000, obs_dim), torch.randn(1000, act_dim)
     ensemble.fit_normalizers(obs, act, obs + 0.1 * torch.randn(1000, obs_dim))
     return ensemble
@@ -135,24 +164,28 @@ def bench_matmul(rec: Recorder, s: Settings, name: str) -> float:
     return rec.add(name, 2 * s.matmul_n**3 / seconds / 1e9, "GFLOP/s")
 
 
-def bench_predict(rec: Recorder, s: Settings, peak: float) -> None:
-    """`DynamicsEnsemble.predict` alone, E x B states, at several B."""
-    ensemble = make_ensemble(17, 6)
+def bench_predict(rec: Recorder, s: Settings) -> dict[str, float]:
+    """`DynamicsEnsemble.predict` alone, E x B states, at several B. Returns achieved GFLOP/s by name."""
+    achieved = {}
+    ensemble = make_ensemble(17, 6, s.hidden)
     flops = forward_flops(ensemble) * ensemble.members
     for batch in s.predict_batches:
         obs, act = torch.randn(ensemble.members, batch, 17), torch.randn(ensemble.members, batch, 6)
         seconds = median_seconds(lambda: ensemble.predict(obs, act), s.repeats)
         rec.add(f"predict_b{batch}_model_steps_per_s", ensemble.members * batch / seconds, "model-steps/s")
-        rec.add(f"predict_b{batch}_fraction_of_peak", flops * batch / seconds / 1e9 / peak, "fraction")
+        achieved[f"predict_b{batch}"] = rec.add(f"predict_b{batch}_gflops", flops * batch / seconds / 1e9, "GFLOP/s")
     with torch.no_grad():
         seconds = median_seconds(lambda: [layer.weight() for layer in ensemble.layers], s.repeats)
-    rec.add("ensemble_weight_norm_ms_per_call", seconds * 1e3, "ms")
+    rec.add("ensemble_weight_norm_ms_per_predict", seconds * 1e3, "ms")
+    return achieved
 
 
-def bench_imagine(rec: Recorder, s: Settings, peak: float) -> None:
-    """The full `imagine` pass (policy sample + predict + reward per step), plus its policy share."""
+def bench_imagine(rec: Recorder, s: Settings) -> dict[str, float]:
+    """The full `imagine` pass (policy sample + predict + reward per step); then its parts (policy sample,
+    predict) alone, and the pass again with the weight-normalised weights computed once instead of at
+    every step (a what-if for the library, patched on this instance only)."""
     task = get_task(TASK)
-    ensemble = make_ensemble(task.obs_dim, task.act_dim)
+    ensemble = make_ensemble(task.obs_dim, task.act_dim, s.hidden)
     params = init_params(task.obs_dim, task.act_dim, (32, 32), 1.0, torch.Generator().manual_seed(0))
     start = torch.randn(s.n_tasks, s.n_traj, task.obs_dim)
     gen = torch.Generator().manual_seed(0)
@@ -165,7 +198,6 @@ def bench_imagine(rec: Recorder, s: Settings, peak: float) -> None:
     rec.add("imagination_pass_s", seconds, "s")
     rec.add("imagination_model_steps_per_s", steps / seconds, "model-steps/s")
     rec.add("imagination_gflops", gflops, "GFLOP/s")
-    rec.add("imagination_fraction_of_peak", gflops / peak, "fraction")
     rec.add("imagination_ms_per_step", seconds / s.horizon * 1e3, "ms")
     obs = start.reshape(-1, task.obs_dim)
     with torch.no_grad():
@@ -175,12 +207,18 @@ def bench_imagine(rec: Recorder, s: Settings, peak: float) -> None:
         model = median_seconds(lambda: ensemble.predict(o, a), s.repeats * 5)
     rec.add("imagination_policy_ms_per_step", policy * 1e3, "ms")
     rec.add("imagination_predict_ms_per_step", model * 1e3, "ms")
+    with torch.no_grad():
+        for layer in ensemble.layers:
+            layer.weight = lambda w=layer.weight(): w  # type: ignore[method-assign]  # instance attribute
+    cached = median_seconds(lambda: imagine(ensemble, params, start, s.horizon, task, 1000.0, gen), s.repeats)
+    rec.add("imagination_pass_weights_cached_s", cached, "s")
+    return {"imagination": gflops, "imagination_weights_cached": forward_flops(ensemble) * steps / cached / 1e9}
 
 
-def bench_train(rec: Recorder, s: Settings, peak: float) -> None:
+def bench_train(rec: Recorder, s: Settings) -> dict[str, float]:
     """Ensemble training steps as in `mbmpo.models.training.fit_ensemble`: gather a per-member minibatch,
     masked per-member MSE, zero_grad, backward, Adam step (all members active)."""
-    ensemble = make_ensemble(17, 6)
+    ensemble = make_ensemble(17, 6, s.hidden)
     optimizer = torch.optim.Adam(ensemble.parameters(), lr=1e-3)
     members, n = ensemble.members, 4000
     x, y = torch.randn(n, 23), torch.randn(n, 17)
@@ -201,7 +239,7 @@ def bench_train(rec: Recorder, s: Settings, peak: float) -> None:
     rec.add("ensemble_train_step_ms", seconds * 1e3, "ms")
     rec.add("ensemble_train_samples_per_s", samples / seconds, "member-samples/s")
     rec.add("ensemble_train_gflops", gflops, "GFLOP/s")
-    rec.add("ensemble_train_fraction_of_peak", gflops / peak, "fraction")
+    return {"ensemble_train": gflops}
 
 
 def bench_iterations(rec: Recorder, s: Settings, meta_steps: int | None) -> None:
@@ -209,6 +247,7 @@ def bench_iterations(rec: Recorder, s: Settings, meta_steps: int | None) -> None
     cfg = s.iteration_cfg
     if meta_steps is not None:
         cfg = dataclasses.replace(cfg, meta=dataclasses.replace(cfg.meta, meta_steps=meta_steps))
+    paper_steps = MetaConfig().meta_steps
     rec.add("halfcheetah_iteration_meta_steps", cfg.meta.meta_steps, "outer steps")
     task = get_task(TASK)
     with tempfile.TemporaryDirectory() as out_dir:
@@ -220,9 +259,13 @@ def bench_iterations(rec: Recorder, s: Settings, meta_steps: int | None) -> None
                 rec.add(f"halfcheetah_iteration{i}_{key}_s", float(row[key]), "s")
             rec.add(f"halfcheetah_iteration{i}_model_epochs", float(row["model_epochs"]), "epochs")
             rec.add(f"halfcheetah_iteration{i}_real_steps", float(row["real_steps"]), "steps")
-            # meta_steps outer steps plus one final meta-batch: t_meta / meta_steps slightly overstates a step
-            rec.add(f"halfcheetah_iteration{i}_t_meta_per_outer_step_s", float(row["t_meta"]) / cfg.meta.meta_steps,
-                    "s")
+            # the phase is k outer steps (meta-batch + TRPO) plus one final meta-batch; scaling counts that
+            # final batch as one more step, which slightly overstates it (it has no TRPO step)
+            k, t_meta = cfg.meta.meta_steps, float(row["t_meta"])
+            rec.add(f"halfcheetah_iteration{i}_t_meta_per_outer_step_s", t_meta / (k + 1), "s")
+            if k != paper_steps:
+                rec.add(f"halfcheetah_iteration{i}_t_meta_scaled_to_{paper_steps}_steps_s",
+                        t_meta * (paper_steps + 1) / (k + 1), "s")
         trainer.logger.close()
 
 
@@ -233,6 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
     parser.add_argument("--meta-steps", type=int, default=None,
                         help="override meta.meta_steps for the iteration phase (default: the config's)")
+    parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
+                        help="before each section wait up to SECONDS for other processes to go idle")
     parser.add_argument("--skip-iterations", action="store_true", help="skip the Trainer phase timings")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -240,21 +285,30 @@ def main(argv: list[str] | None = None) -> int:
     s = QUICK if args.quick else FULL
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {'quick' if args.quick else 'full'} run")
     rec.add("torch_threads", torch.get_num_threads(), "threads")
-    rec.add("other_cpu_busy_fraction_start", cpu_busy_fraction(), "fraction of all cores")
-    print("matmul peak:")
-    peak = bench_matmul(rec, s, "matmul_gflops")
-    print("ensemble predict:")
-    bench_predict(rec, s, peak)
-    print(f"imagination, {s.n_tasks} tasks x {s.n_traj} rollouts x horizon {s.horizon}:")
-    bench_imagine(rec, s, peak)
-    print(f"ensemble training, batch {s.train_batch} per member:")
-    bench_train(rec, s, peak)
+    peaks: list[float] = []
+    achieved: dict[str, float] = {}
+
+    def section(name: str, title: str, bench: Callable[[], dict[str, float] | None]) -> None:
+        """Wait for a quiet machine (if asked), measure the matmul peak, run one benchmark, record the load."""
+        if args.wait_quiet > 0:
+            rec.add(f"{name}_waited_for_quiet_s", wait_until_quiet(args.wait_quiet), "s")
+        print(title, flush=True)
+        meter = LoadMeter()
+        peaks.append(bench_matmul(rec, s, f"matmul_gflops_before_{name}"))
+        achieved.update(bench() or {})
+        rec.add(f"{name}_other_processes_load", meter.others(), "fraction of all cores")
+
+    section("predict", "ensemble predict:", lambda: bench_predict(rec, s))
+    section("imagination", f"imagination, {s.n_tasks} tasks x {s.n_traj} rollouts x horizon {s.horizon}:",
+            lambda: bench_imagine(rec, s))
+    section("train", f"ensemble training, batch {s.train_batch} per member:", lambda: bench_train(rec, s))
     if not args.skip_iterations:
-        print(f"{TASK} iterations:")
-        bench_iterations(rec, s, args.meta_steps)
-    print("matmul peak again (the machine is shared; a large change means the figures above are suspect):")
-    bench_matmul(rec, s, "matmul_gflops_end")
-    rec.add("other_cpu_busy_fraction_end", cpu_busy_fraction(), "fraction of all cores")
+        section("halfcheetah_iterations", f"{TASK} iterations:", lambda: bench_iterations(rec, s, args.meta_steps))
+    print("fractions of the peak (the best matmul median of this run):")
+    peak = rec.add("matmul_gflops", max(peaks), "GFLOP/s")
+    rec.add("matmul_gflops_worst", min(peaks), "GFLOP/s")
+    for name, gflops in achieved.items():
+        rec.add(f"{name}_fraction_of_peak", gflops / peak, "fraction")
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(rec.records, indent=1) + "\n")

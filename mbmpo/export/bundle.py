@@ -26,7 +26,7 @@ import torch
 
 from mbmpo.errors import UserError
 from mbmpo.export.graphs import AdaptGraph, PolicyGraph, param_names
-from mbmpo.policy.gaussian import n_layers
+from mbmpo.policy.gaussian import Params, n_layers
 from mbmpo.tasks.base import TaskSpec
 from mbmpo.train.checkpoint import check_task_matches, load_checkpoint
 
@@ -69,14 +69,20 @@ def export_run(run_dir: Path, task: TaskSpec, out_dir: Path, adapt_max_kl: float
     """Write the bundle for the run's latest checkpoint; returns the manifest."""
     ckpt = load_checkpoint(run_dir)
     check_task_matches(ckpt, task.name, task.obs_dim, task.act_dim, run_dir)
-    params = {k: v.detach().float() for k, v in ckpt["params"].items()}
-    adapted = {k: v.detach().float() for k, v in ckpt["adapted"].items()}
+    return export_policy(ckpt["params"], ckpt["adapted"], task, ckpt["config"]["meta"], int(ckpt["iteration"]),
+                         int(ckpt["real_steps"]), out_dir, adapt_max_kl)
+
+
+def export_policy(params: Params, adapted: Params, task: TaskSpec, meta_cfg: dict[str, Any], iteration: int,
+                  real_steps: int, out_dir: Path, adapt_max_kl: float = 1.0) -> dict[str, Any]:
+    """Write a bundle for meta-parameters and task-batched exploration parameters; returns the manifest."""
+    params = {k: v.detach().float() for k, v in params.items()}
+    adapted = {k: v.detach().float() for k, v in adapted.items()}
     layers = n_layers(params)
     names = param_names(layers)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    meta_cfg = ckpt["config"]["meta"]
-    version = f"{task.name}@it{ckpt['iteration']}-{ckpt['real_steps']}steps"
+    version = f"{task.name}@it{iteration}-{real_steps}steps"
     metadata = {"mbmpo.format": FORMAT, "mbmpo.task": task.name, "mbmpo.obs_dim": str(task.obs_dim),
                 "mbmpo.act_dim": str(task.act_dim), "mbmpo.obs_names": ",".join(task.obs_names),
                 "mbmpo.act_names": ",".join(task.act_names), "mbmpo.policy_version": version}
@@ -110,8 +116,8 @@ def export_run(run_dir: Path, task: TaskSpec, out_dir: Path, adapt_max_kl: float
         "task": task.name,
         "policy_version": version,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "training_real_steps": int(ckpt["real_steps"]),
-        "iteration": int(ckpt["iteration"]),
+        "training_real_steps": real_steps,
+        "iteration": iteration,
         "obs_dim": task.obs_dim,
         "act_dim": task.act_dim,
         "obs_names": list(task.obs_names),

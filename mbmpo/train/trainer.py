@@ -164,15 +164,22 @@ class Trainer:
         return self.ckpt_steps is not None and self.buffer.total_steps > self.ckpt_steps
 
     # ---- the loop ----------------------------------------------------------------------------------
-    def iterate(self) -> dict[str, Any]:
-        """One MB-MPO iteration; returns the progress row."""
+    def iterate(self, episodes: list | None = None) -> dict[str, Any]:
+        """One MB-MPO iteration; returns the progress row.
+
+        `episodes` are real episodes collected elsewhere (e.g. by the ROS policy node); without them the
+        trainer collects in its own environments.
+        """
         it = self.state.iteration
         t0 = time.perf_counter()
-        skip_collect = self._data_ahead()
+        skip_collect = self._data_ahead() and episodes is None
         exploring = self.state.adapted is not None
-        if len(self.buffer) == 0 and self.state.adapted is not None:
+        if len(self.buffer) == 0 and self.state.adapted is not None and not episodes:
             raise UserError(f"{self.run_dir}: checkpoint found but {DATA} is missing; cannot resume without data")
-        fresh = [] if skip_collect else self.collect(it)
+        if episodes is not None:
+            fresh = list(episodes)
+        else:
+            fresh = [] if skip_collect else self.collect(it)
         self.ckpt_steps = None
         if fresh:
             self.buffer.add_episodes(fresh)

@@ -1,0 +1,141 @@
+"""Crash-safe rosbag2 (MCAP) recording of raw CDR messages, and reading them back, without ROS.
+
+`SegmentedBagWriter` writes each flush interval as its own MCAP file (rosbags' writer, in a scratch
+folder) and, when the interval ends, moves the closed file into the bag and rewrites `metadata.yaml`
+atomically. A crash therefore loses at most the open segment; every listed file is complete, and
+`ros2 bag` and `rosbags` read the bag as one. Reopening the same folder appends new segments.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+import yaml
+from rosbags.rosbag2 import Reader, StoragePlugin, Writer
+from rosbags.typesys import Stores, get_types_from_msg, get_typestore
+
+PACKAGE = "mbmpo_interfaces"
+_REPO_MSG = Path(__file__).resolve().parents[2] / "ros2_ws" / "src" / PACKAGE / "msg"
+
+
+def interface_typestore() -> Any:
+    """A rosbags typestore with ROS 2 Jazzy types plus this project's messages."""
+    store = get_typestore(Stores.ROS2_JAZZY)
+    for folder in (Path(sys.prefix) / "share" / PACKAGE / "msg", _REPO_MSG):
+        if folder.is_dir():
+            types: dict = {}
+            for file in sorted(folder.glob("*.msg")):
+                types.update(get_types_from_msg(file.read_text(), f"{PACKAGE}/msg/{file.stem}"))
+            store.register(types)
+            return store
+    raise FileNotFoundError(f"message definitions of {PACKAGE} not found")
+
+
+class SegmentedBagWriter:
+    """Append-only, crash-safe rosbag2 directory for one topic of raw CDR messages."""
+
+    def __init__(self, bag_dir: Path, topic: str, msgtype: str, typestore: Any | None = None):
+        self.bag_dir, self.topic, self.msgtype = Path(bag_dir), topic, msgtype
+        self.typestore = typestore or interface_typestore()
+        self.bag_dir.mkdir(parents=True, exist_ok=True)
+        self.scratch = self.bag_dir / ".open_segment"
+        shutil.rmtree(self.scratch, ignore_errors=True)  # a segment a crash left open is incomplete
+        self.info = self._read_metadata()
+        self.writer: Writer | None = None
+        self.connection: Any = None
+        self.pending = 0
+        self.first = self.last = 0
+
+    @property
+    def segments(self) -> list[str]:
+        return list(self.info["relative_file_paths"])
+
+    @property
+    def message_count(self) -> int:
+        """Messages in closed (durable) segments."""
+        return int(self.info["message_count"])
+
+    def _read_metadata(self) -> dict[str, Any]:
+        path = self.bag_dir / "metadata.yaml"
+        if path.is_file():
+            return yaml.safe_load(path.read_text())["rosbag2_bagfile_information"]
+        return {"version": 9, "storage_identifier": "mcap", "relative_file_paths": [], "files": [],
+                "duration": {"nanoseconds": 0}, "starting_time": {"nanoseconds_since_epoch": 0},
+                "message_count": 0, "topics_with_message_count": [], "compression_format": "",
+                "compression_mode": "", "custom_data": None, "ros_distro": "jazzy"}
+
+    def write(self, raw: bytes, stamp_ns: int) -> None:
+        """Append one serialised message (kept in the open segment until `flush`)."""
+        if self.writer is None:
+            self.writer = Writer(self.scratch, version=9, storage_plugin=StoragePlugin.MCAP)
+            self.writer.open()
+            self.connection = self.writer.add_connection(self.topic, self.msgtype, typestore=self.typestore)
+            self.first = stamp_ns
+        self.writer.write(self.connection, stamp_ns, raw)
+        self.pending += 1
+        self.last = stamp_ns
+
+    def flush(self) -> str | None:
+        """Close the open segment into the bag; returns its file name (None if nothing was pending)."""
+        if self.writer is None:
+            return None
+        self.writer.close()
+        seg_info = yaml.safe_load((self.scratch / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
+        name = f"segment_{len(self.info['relative_file_paths']):06d}.mcap"
+        (self.scratch / seg_info["relative_file_paths"][0]).replace(self.bag_dir / name)
+        shutil.rmtree(self.scratch, ignore_errors=True)
+        self._add_segment(name, seg_info)
+        self.writer, self.pending = None, 0
+        return name
+
+    def _add_segment(self, name: str, seg: dict[str, Any]) -> None:
+        info = self.info
+        entry = seg["files"][0]
+        entry["path"] = name
+        info["relative_file_paths"].append(name)
+        info["files"].append(entry)
+        info["message_count"] += seg["message_count"]
+        start = seg["starting_time"]["nanoseconds_since_epoch"]
+        end = start + seg["duration"]["nanoseconds"]
+        old_start = info["starting_time"]["nanoseconds_since_epoch"]
+        old_end = old_start + info["duration"]["nanoseconds"]
+        new_start = start if len(info["files"]) == 1 else min(start, old_start)
+        info["starting_time"]["nanoseconds_since_epoch"] = new_start
+        info["duration"]["nanoseconds"] = max(end, old_end if len(info["files"]) > 1 else end) - new_start
+        for topic in seg["topics_with_message_count"]:
+            known = [t for t in info["topics_with_message_count"]
+                     if t["topic_metadata"]["name"] == topic["topic_metadata"]["name"]]
+            if known:
+                known[0]["message_count"] += topic["message_count"]
+            else:
+                info["topics_with_message_count"].append(topic)
+        tmp = self.bag_dir / "metadata.yaml.tmp"
+        tmp.write_text(yaml.safe_dump({"rosbag2_bagfile_information": info}, sort_keys=False))
+        tmp.replace(self.bag_dir / "metadata.yaml")
+
+    def close(self) -> None:
+        self.flush()
+
+
+def read_messages(bag_dir: Path, segments: list[str] | None = None, typestore: Any | None = None
+                  ) -> Iterator[tuple[int, Any]]:
+    """(timestamp ns, deserialised message) of a bag, or of only the named segment files."""
+    store = typestore or interface_typestore()
+    bag_dir = Path(bag_dir)
+    if segments is None:
+        with Reader(bag_dir) as reader:
+            for conn, stamp, raw in reader.messages():
+                yield stamp, store.deserialize_cdr(raw, conn.msgtype)
+        return
+    from mcap.reader import make_reader  # rosbags' own reader needs a whole bag; one file is read directly
+
+    for name in segments:
+        with (bag_dir / name).open("rb") as f:
+            reader = make_reader(f)
+            schemas = {}
+            for schema, channel, message in reader.iter_messages():
+                schemas.setdefault(channel.id, schema.name)
+                yield message.log_time, store.deserialize_cdr(message.data, schemas[channel.id])

@@ -1,0 +1,105 @@
+"""The one source of truth for the ROS graphs: which nodes run, with which parameters and remappings.
+
+`launch/*.launch.py` (a real ROS 2 install) and `mbmpo-bringup` (the PyPI wheels here, which lack the
+`launch` package) both build their processes from `train_graph` / `deploy_graph`, so they cannot drift.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+# launch argument -> (default, description); shared by the launch files and mbmpo-bringup
+TRAIN_ARGUMENTS: dict[str, tuple[str, str]] = {
+    "sim": ("mujoco", "mujoco: simulate the robot with MuJoCo; none: a real robot driver provides the topics"),
+    "task": ("InvertedPendulum-v5", "registered task name or path of a task YAML"),
+    "config": ("", "training preset YAML (default: config/<task>.yaml)"),
+    "out": ("runs/ros_train", "output folder: progress.csv, bag/, policy/, learning_curve.png"),
+    "seed": ("0", "random seed"),
+    "steps": ("10000", "real transitions to collect before training stops"),
+    "sim_mode": ("lockstep", "sim timing: lockstep (steps on each command), realtime, or fast"),
+    "speedup": ("1.0", "sim_mode fast: simulated seconds per wall second"),
+    "perturb": ("", "sim physics scales, e.g. mass=1.3,friction=0.6"),
+    "joint_states": ("joint_states", "topic of the robot's sensor_msgs/JointState"),
+    "commands": ("commands", "topic of the std_msgs/Float64MultiArray commands"),
+    "reset_service": ("sim_node/reset", "std_srvs/Trigger that resets the robot between episodes"),
+}
+DEPLOY_ARGUMENTS: dict[str, tuple[str, str]] = {
+    "sim": ("none", "mujoco to test the deploy side against the simulator, none on the robot"),
+    "task": ("InvertedPendulum-v5", "task (for sim:=mujoco)"),
+    "policy": ("runs/ros_train/policy", "exported policy bundle folder"),
+    "mode": ("deploy", "deploy: meta-policy + online one-step adaptation; explore: cycle the K adapted policies"),
+    "adapt_episodes": ("2", "episodes of fresh data per online adaptation step"),
+    "sim_mode": ("realtime", "sim timing when sim:=mujoco"),
+    "perturb": ("", "sim physics scales when sim:=mujoco"),
+    "joint_states": ("joint_states", "topic of the robot's sensor_msgs/JointState"),
+    "commands": ("commands", "topic of the std_msgs/Float64MultiArray commands"),
+    "reset_service": ("sim_node/reset", "std_srvs/Trigger that resets the robot between episodes"),
+}
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """One node process: `ros2 run mbmpo_ros <executable>` or `python -m <module>`."""
+
+    name: str
+    executable: str
+    parameters: dict[str, Any] = field(default_factory=dict)
+    remappings: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def module(self) -> str:
+        return f"mbmpo_ros.{self.executable}"
+
+
+def _with_defaults(args: dict[str, str], table: dict[str, tuple[str, str]]) -> dict[str, str]:
+    unknown = sorted(set(args) - set(table) - {"duration"})
+    if unknown:
+        raise ValueError(f"unknown launch argument(s) {unknown}; known: {sorted(table)}")
+    return {k: args.get(k, default) for k, (default, _) in table.items()}
+
+
+def _robot_io(a: dict[str, str]) -> tuple[tuple[str, str], ...]:
+    return (("joint_states", a["joint_states"]), ("commands", a["commands"]))
+
+
+def _sim(a: dict[str, str]) -> list[NodeSpec]:
+    if a["sim"] == "none":
+        return []
+    if a["sim"] != "mujoco":
+        raise ValueError(f"sim:={a['sim']} is not one of mujoco, none")
+    return [NodeSpec("sim_node", "sim_node",
+                     {"task": a["task"], "mode": a["sim_mode"], "speedup": float(a.get("speedup", "1.0")),
+                      "perturb": a["perturb"]}, _robot_io(a))]
+
+
+def train_graph(args: dict[str, str]) -> list[NodeSpec]:
+    """sim (optional) + policy (explore) + data + trainer."""
+    a = _with_defaults(args, TRAIN_ARGUMENTS)
+    out = a["out"]
+    lockstep = a["sim"] == "mujoco" and a["sim_mode"] == "lockstep"
+    return _sim(a) + [
+        NodeSpec("policy_node", "policy_node",
+                 {"task": a["task"], "mode": "explore", "bundle": "", "lockstep": lockstep,
+                  "reset_service": a["reset_service"]}, _robot_io(a)),
+        NodeSpec("data_node", "data_node", {"task": a["task"], "bag_dir": f"{out}/bag"}),
+        NodeSpec("trainer_node", "trainer_node",
+                 {"task": a["task"], "config": a["config"], "out": out, "seed": int(a["seed"]),
+                  "steps": int(a["steps"])}),
+    ]
+
+
+def deploy_graph(args: dict[str, str]) -> list[NodeSpec]:
+    """The robot side: the policy node with a bundle (and the simulator for a dry run)."""
+    a = _with_defaults(args, DEPLOY_ARGUMENTS)
+    a["speedup"] = "1.0"
+    lockstep = a["sim"] == "mujoco" and a["sim_mode"] == "lockstep"
+    return _sim(a) + [
+        NodeSpec("policy_node", "policy_node",
+                 {"task": "", "mode": a["mode"], "bundle": a["policy"], "lockstep": lockstep,
+                  "adapt_episodes": int(a["adapt_episodes"]), "reset_service": a["reset_service"]},
+                 _robot_io(a)),
+    ]
+
+
+GRAPHS = {"train": (train_graph, TRAIN_ARGUMENTS), "deploy": (deploy_graph, DEPLOY_ARGUMENTS)}

@@ -1,0 +1,111 @@
+"""data_node: validates every transition and records it into a crash-safe rosbag2 MCAP bag.
+
+In: `transitions` (mbmpo_interfaces/Transition). Out: `~/segments` (std_msgs/String, JSON
+{"bag", "segment", "count", "total"} each time a segment is closed, which tells the trainer what is new),
+`~/status` (JSON counters). Malformed transitions are rejected with a logged, counted reason. A crash
+loses at most the last `flush_period` seconds. An unwritable bag folder is a clear error at start; a
+write failure later stops recording (logged once) without touching what is already on disk.
+"""
+
+from __future__ import annotations
+
+import json
+
+from rclpy.node import Node
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from rclpy.serialization import serialize_message
+from std_msgs.msg import String
+
+from mbmpo.deploy.bag import SegmentedBagWriter
+from mbmpo.deploy.transitions import TransitionRecord, TransitionValidator
+from mbmpo_interfaces.msg import Transition
+from mbmpo_ros.common import declare, run_node
+
+TOPIC = "/transitions"
+MSGTYPE = "mbmpo_interfaces/msg/Transition"
+
+
+class DataNode(Node):
+    def __init__(self) -> None:
+        super().__init__("data_node")
+        bag_dir = declare(self, "bag_dir", "runs/bag", "rosbag2 folder to record into (appends if it exists)")
+        task = declare(self, "task", "", "task whose sizes transitions must have ('' accepts the first seen)")
+        obs_dim = declare(self, "obs_dim", 0, "observation size (0: from the task)")
+        act_dim = declare(self, "act_dim", 0, "action size (0: from the task)")
+        flush_period = declare(self, "flush_period", 1.0, "seconds between durable segment flushes")
+        if task and not (obs_dim and act_dim):
+            from mbmpo.tasks import get_task
+
+            spec = get_task(task)
+            obs_dim, act_dim = spec.obs_dim, spec.act_dim
+        if not (obs_dim and act_dim):
+            raise ValueError("set task, or obs_dim and act_dim")
+        try:
+            self.writer = SegmentedBagWriter(bag_dir, TOPIC, MSGTYPE)
+        except OSError as err:
+            raise ValueError(f"cannot record into {bag_dir}: {err.strerror or err}") from None
+        self.validator = TransitionValidator(obs_dim, act_dim)
+        self.bag_dir = bag_dir
+        self.accepted = 0
+        self.failed: str | None = None
+        self.seg_pub = self.create_publisher(String, "~/segments", QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
+        self.status_pub = self.create_publisher(String, "~/status", 10)
+        self.create_subscription(Transition, "transitions", self.on_transition,
+                                 QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE))
+        self.create_timer(flush_period, self.flush)
+        self.create_timer(1.0, self.publish_status)
+        self.get_logger().info(f"recording into {bag_dir} ({self.writer.message_count} transitions already there)")
+
+    def on_transition(self, msg: Transition) -> None:
+        if self.failed:
+            return
+        record = TransitionRecord.from_msg(msg)
+        reason = self.validator.check(record)
+        if reason is not None:
+            self.get_logger().warning(f"transition rejected ({reason})", throttle_duration_sec=1.0)
+            return
+        try:
+            self.writer.write(serialize_message(msg), record.stamp_ns)
+        except OSError as err:
+            self.stop_recording(err)
+            return
+        self.accepted += 1
+
+    def flush(self) -> None:
+        if self.failed:
+            return
+        count = self.writer.pending
+        try:
+            segment = self.writer.flush()
+        except OSError as err:
+            self.stop_recording(err)
+            return
+        if segment is not None:
+            info = {"bag": str(self.bag_dir), "segment": segment, "count": count, "total": self.writer.message_count}
+            self.seg_pub.publish(String(data=json.dumps(info)))
+
+    def stop_recording(self, err: OSError) -> None:
+        self.failed = f"{err.strerror or err}"
+        self.get_logger().error(f"recording stopped: cannot write to {self.bag_dir}: {self.failed}; "
+                                f"{self.writer.message_count} transitions already on disk are intact")
+
+    def publish_status(self) -> None:
+        status = {"accepted": self.accepted, "durable": self.writer.message_count, "pending": self.writer.pending,
+                  "rejected": dict(self.validator.rejected), "segments": len(self.writer.segments),
+                  "error": self.failed}
+        self.status_pub.publish(String(data=json.dumps(status)))
+
+    def close(self) -> None:
+        if not self.failed:
+            try:
+                self.flush()
+            except Exception:  # shutting down: never raise from here
+                pass
+
+
+def main() -> None:
+    run_node(DataNode, threads=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,198 @@
+"""trainer_node: fits the ensemble and meta-optimises on recorded data, asynchronously.
+
+In: `data_node/segments` (std_msgs/String JSON, a closed bag segment). Out: `policy_bundle`
+(mbmpo_interfaces/PolicyBundle, reliable + transient-local, so a policy node that starts later still
+gets the latest), `~/status`. Training runs in a worker thread, never in an executor callback; the bag
+is the source of truth, so a restarted trainer resumes from its checkpoint and reads every segment it
+had not consumed. Writes OUT/progress.csv, OUT/learning_curve.png, OUT/policy/ (latest bundle).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import yaml
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from std_msgs.msg import String
+
+from mbmpo.config import Config, default_config_path, load_config
+from mbmpo.deploy.bag import read_messages
+from mbmpo.deploy.transitions import TransitionRecord, assemble_episodes
+from mbmpo.export.bundle import export_policy, sha256
+from mbmpo.policy.gaussian import stack_params
+from mbmpo.tasks import get_task
+from mbmpo.train.logger import plot_learning_curve
+from mbmpo.train.trainer import CHECKPOINT, Trainer
+from mbmpo_interfaces.msg import BundleFile, PolicyBundle
+from mbmpo_ros.common import declare, run_node
+
+CONSUMED = "segments_consumed.json"
+BUNDLE_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+class TrainerNode(Node):
+    def __init__(self) -> None:
+        super().__init__("trainer_node")
+        task_name = declare(self, "task", "InvertedPendulum-v5", "registered task or task YAML path")
+        config = declare(self, "config", "", "preset YAML ('' = config/<task>.yaml)")
+        self.out = Path(declare(self, "out", "runs/ros_train", "output folder"))
+        seed = declare(self, "seed", 0, "random seed")
+        self.steps = declare(self, "steps", 10000, "real transitions after which training stops")
+        self.target_return = declare(self, "target_return", 0.0, "stop early at this return (0: never)")
+        self.bag_dir = Path(declare(self, "bag_dir", "", "bag to read ('' = OUT/bag)") or self.out / "bag")
+        self.task = get_task(task_name)
+        path = config or default_config_path(self.task.name)
+        cfg = load_config(path) if path else Config()
+        resume = (self.out / CHECKPOINT).exists() or (self.out / "data.npz").exists()
+        self.trainer = Trainer(self.task, cfg, self.out, seed, resume=resume)
+        self.cfg = self.trainer.cfg
+        self.episodes_per_iteration = self.trainer.n_tasks * self.cfg.collect.rollouts_per_task
+        self.consumed: list[str] = self._read_consumed()
+        self.records: list[TransitionRecord] = []
+        self.pending_segments: list[str] = []
+        self.lock = threading.Lock()
+        self.wake = threading.Event()
+        self.stopping = False
+        self.done = False
+        self.bundle_pub = self.create_publisher(PolicyBundle, "policy_bundle", BUNDLE_QOS)
+        self.status_pub = self.create_publisher(String, "~/status", 10)
+        self.create_subscription(String, "data_node/segments", self.on_segment,
+                                 QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
+        self.create_timer(1.0, self.publish_status)
+        self.last_row: dict = {}
+        self.publish_bundle()  # the current (possibly untrained) policy starts the exploration
+        self.catch_up()
+        self.worker = threading.Thread(target=self.loop, daemon=True)
+        self.worker.start()
+        self.get_logger().info(f"training {self.task.name} into {self.out}; {self.episodes_per_iteration} "
+                               f"episodes per iteration, {self.trainer.buffer.total_steps} steps already used")
+
+    # ---- data intake (executor thread: cheap only) ------------------------------------------------
+    def _read_consumed(self) -> list[str]:
+        path = self.out / CONSUMED
+        return json.loads(path.read_text()) if path.is_file() else []
+
+    def _write_consumed(self) -> None:
+        tmp = self.out / (CONSUMED + ".tmp")
+        tmp.write_text(json.dumps(self.consumed))
+        tmp.replace(self.out / CONSUMED)
+
+    def catch_up(self) -> None:
+        """Read every closed segment of the bag not yet consumed (after a restart)."""
+        meta = self.bag_dir / "metadata.yaml"
+        if meta.is_file():
+            info = yaml.safe_load(meta.read_text())["rosbag2_bagfile_information"]
+            self.ingest([s for s in info["relative_file_paths"] if s not in self.consumed])
+
+    def on_segment(self, msg: String) -> None:
+        try:
+            segment = json.loads(msg.data)["segment"]
+        except (ValueError, KeyError, TypeError):
+            self.get_logger().warning(f"malformed segment notice {msg.data[:80]!r}")
+            return
+        if segment not in self.consumed:
+            self.ingest([segment])
+
+    def ingest(self, segments: list[str]) -> None:
+        new = []
+        for segment in segments:
+            try:
+                new += [TransitionRecord.from_msg(m) for _, m in read_messages(self.bag_dir, [segment])]
+            except Exception as err:  # an unreadable file must not stop training on the rest
+                self.get_logger().error(f"cannot read {self.bag_dir / segment}: {err}")
+                continue
+        with self.lock:
+            self.records += new
+            self.pending_segments += segments
+        self.wake.set()
+
+    # ---- training (worker thread) -----------------------------------------------------------------
+    def take_episodes(self) -> list | None:
+        """Complete episodes, once enough for the next iteration have arrived; None otherwise."""
+        with self.lock:
+            if not self.records:
+                return None
+            latest = max(r.episode_id for r in self.records)
+            done_ids = {r.episode_id for r in self.records if r.terminated or r.truncated or r.episode_id < latest}
+            ready = [r for r in self.records if r.episode_id in done_ids]
+            first = self.trainer.state.adapted is None or self.trainer.buffer.total_steps == 0
+            enough = (len(ready) >= self.cfg.collect.initial_random_steps) if first else (
+                len(done_ids) >= self.episodes_per_iteration)
+            if not enough:
+                return None
+            self.records = [r for r in self.records if r.episode_id not in done_ids]
+            self.consumed += self.pending_segments
+            self.pending_segments = []
+        return assemble_episodes(ready)
+
+    def loop(self) -> None:
+        while not self.stopping and not self.done:
+            self.wake.wait(timeout=1.0)
+            self.wake.clear()
+            episodes = self.take_episodes()
+            if not episodes:
+                continue
+            row = self.trainer.iterate(episodes)
+            self._write_consumed()
+            self.last_row = row
+            self.publish_bundle()
+            plot_learning_curve(self.out, f"MB-MPO (ROS) on {self.task.name}")
+            self.get_logger().info(f"iteration {row['iteration']}: {row['real_steps']} real steps, return pre "
+                                   f"{row['return_pre']:.1f} post {row['return_post']:.1f}")
+            if self.trainer.buffer.total_steps >= self.steps or (
+                    self.target_return and row["return_pre"] >= self.target_return):
+                self.done = True
+                self.get_logger().info("training budget reached; the latest bundle is in "
+                                       f"{self.out / 'policy'}")
+
+    def publish_bundle(self) -> None:
+        """Export the current policy to OUT/policy (atomically) and send it to the policy node."""
+        state = self.trainer.state
+        adapted = state.adapted if state.adapted is not None else {
+            k: v.clone() for k, v in stack_params(state.params, self.trainer.n_tasks).items()}
+        tmp = self.out / "policy.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        manifest = export_policy(state.params, adapted, self.task, dataclasses.asdict(self.cfg.meta), state.iteration,
+                                 self.trainer.buffer.total_steps, tmp)
+        final = self.out / "policy"
+        old = self.out / "policy.old"
+        shutil.rmtree(old, ignore_errors=True)
+        if final.exists():
+            final.replace(old)
+        tmp.replace(final)
+        shutil.rmtree(old, ignore_errors=True)
+        msg = PolicyBundle()
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.policy_version = manifest["policy_version"]
+        msg.manifest_json = (final / "manifest.json").read_text()
+        for name in manifest["files"]:
+            data = (final / name).read_bytes()
+            msg.files.append(BundleFile(name=name, sha256=sha256(final / name), data=data))
+        self.bundle_pub.publish(msg)
+
+    def publish_status(self) -> None:
+        with self.lock:
+            waiting = len(self.records)
+        status = {"iteration": self.trainer.state.iteration, "real_steps": self.trainer.buffer.total_steps,
+                  "waiting_transitions": waiting, "done": self.done, "last": self.last_row}
+        self.status_pub.publish(String(data=json.dumps(status, default=str)))
+
+    def close(self) -> None:
+        self.stopping = True
+        self.wake.set()
+        if (self.out / "progress.csv").is_file():
+            plot_learning_curve(self.out, f"MB-MPO (ROS) on {self.task.name}")
+
+
+def main() -> None:
+    run_node(TrainerNode, threads=2)
+
+
+if __name__ == "__main__":
+    main()

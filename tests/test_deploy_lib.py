@@ -1,0 +1,177 @@
+"""The ROS-free deployment logic: observation contract, safety, transition validation, bag, graph."""
+
+import ast
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mbmpo.deploy.bag import SegmentedBagWriter, interface_typestore, read_messages
+from mbmpo.deploy.bringup import node_command, parse_arguments
+from mbmpo.deploy.contract import ObservationBuilder, ObservationError, joint_state_entries
+from mbmpo.deploy.graph import DEPLOY_ARGUMENTS, TRAIN_ARGUMENTS, deploy_graph, train_graph
+from mbmpo.deploy.safety import ActionGuard, Watchdog
+from mbmpo.deploy.transitions import TransitionRecord, TransitionValidator, assemble_episodes
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_observation_by_joint_name_in_any_order() -> None:
+    builder = ObservationBuilder(["qpos:slider", "qpos:hinge", "qvel:slider", "qvel:hinge"])
+    obs = builder.build(["hinge", "slider"], [0.1, 0.2], [1.0, 2.0])
+    np.testing.assert_allclose(obs, [0.2, 0.1, 2.0, 1.0])
+    with pytest.raises(ObservationError, match="lacks joint 'slider'"):
+        builder.build(["hinge", "elbow"], [0.1, 0.2], [1.0, 2.0])
+    with pytest.raises(ObservationError, match=r"non-finite values for \['qpos:hinge'\]"):
+        builder.build(["hinge", "slider"], [np.nan, 0.2], [1.0, 2.0])
+    with pytest.raises(ObservationError, match="2 names, 1 positions"):
+        builder.build(["hinge", "slider"], [0.1], [1.0, 2.0])
+    with pytest.raises(ObservationError, match="repeats"):
+        builder.build(["hinge", "hinge"], [0.1, 0.1], [1.0, 2.0])
+
+
+def test_joint_state_entries_cover_free_joints() -> None:
+    qpos_names = [f"qpos:root:{i}" for i in range(7)] + ["qpos:hip"]
+    qvel_names = [f"qvel:root:{i}" for i in range(6)] + ["qvel:hip"]
+    names, pos, vel = joint_state_entries(qpos_names, qvel_names, np.arange(8.0), np.arange(7.0) + 10)
+    assert names[:7] == [f"root:{i}" for i in range(7)] and names[7] == "hip"
+    builder = ObservationBuilder(qpos_names[2:] + qvel_names)
+    np.testing.assert_allclose(builder.build(names, pos, vel), [2, 3, 4, 5, 6, 7] + list(range(10, 17)))
+
+
+def test_watchdog_and_action_guard() -> None:
+    dog = Watchdog(0.1)
+    assert dog.stale(0.0)
+    dog.feed(1.0)
+    assert not dog.stale(1.05) and dog.stale(1.2) and dog.trips == 1
+    assert dog.stale(1.3) and dog.trips == 1  # one trip per stale spell
+    guard = ActionGuard(np.array([-1.0, -2.0]), np.array([1.0, 2.0]))
+    np.testing.assert_allclose(guard(np.array([5.0, -5.0])), [1.0, -2.0])
+    np.testing.assert_allclose(guard(np.array([np.nan, 0.0])), [0.0, 0.0])
+    np.testing.assert_allclose(guard(np.array([1.0])), [0.0, 0.0])
+    assert guard.rejected == 2
+
+
+def _rec(ep: int, step: int, stamp: int, obs_dim: int = 3, value: float = 0.0, done: bool = False) -> TransitionRecord:
+    return TransitionRecord(ep, step, "meta", np.full(obs_dim, value, np.float32), np.zeros(2, np.float32), 1.0,
+                            np.full(obs_dim, value + 1, np.float32), done, False, stamp)
+
+
+def test_validator_rejects_with_reasons() -> None:
+    v = TransitionValidator(3, 2)
+    assert v.check(_rec(0, 0, 10)) is None
+    assert v.check(_rec(0, 1, 20)) is None
+    assert "order: step 1" in v.check(_rec(0, 1, 30))  # repeated step
+    assert "order: timestamp" in v.check(_rec(0, 2, 20))  # timestamp not increasing
+    assert "size" in v.check(_rec(0, 3, 40, obs_dim=4))
+    assert "non-finite" in v.check(_rec(0, 3, 40, value=np.inf))
+    assert "magnitude" in v.check(_rec(0, 3, 40, value=1e9))
+    assert v.check(_rec(0, 3, 40)) is None
+    assert v.rejected == {"order": 2, "size": 1, "non-finite": 1, "magnitude": 1}
+
+
+def test_assemble_episodes_orders_and_splits_at_gaps() -> None:
+    recs = [_rec(1, 1, 2, value=1), _rec(1, 0, 1, value=0), _rec(2, 0, 3), _rec(2, 2, 5, done=True)]
+    episodes = assemble_episodes(recs)
+    assert [e.length for e in episodes] == [2, 1, 1]
+    np.testing.assert_allclose(episodes[0].obs[:, 0], [0, 1, 2])
+    assert episodes[2].terminated and not episodes[0].terminated
+
+
+def test_segmented_bag_survives_a_crash_and_reads_back(tmp_path: Path) -> None:
+    from rclpy.serialization import serialize_message
+
+    from mbmpo_interfaces.msg import Transition
+
+    def raw(i: int) -> bytes:
+        m = Transition()
+        m.episode_id, m.step, m.obs = 7, i, [float(i)] * 3
+        return serialize_message(m)
+
+    bag = tmp_path / "bag"
+    w = SegmentedBagWriter(bag, "/transitions", "mbmpo_interfaces/msg/Transition")
+    for i in range(5):
+        w.write(raw(i), 100 + i)
+    assert w.flush() == "segment_000000.mcap"
+    for i in range(5, 8):
+        w.write(raw(i), 100 + i)  # never flushed: the process "dies" here
+    del w
+    w = SegmentedBagWriter(bag, "/transitions", "mbmpo_interfaces/msg/Transition")  # restart appends
+    assert w.message_count == 5
+    w.write(raw(8), 200)
+    w.close()
+    steps = [m.step for _, m in read_messages(bag)]
+    assert steps == [0, 1, 2, 3, 4, 8]
+    assert [m.step for _, m in read_messages(bag, ["segment_000001.mcap"])] == [8]
+    from rosbags.rosbag2 import Reader
+
+    with Reader(bag) as reader:  # an independent reader agrees
+        assert reader.message_count == 6 and reader.duration == 200 - 100 + 1
+
+
+def test_bringup_arguments_and_graph() -> None:
+    graph, args = parse_arguments(["train", "sim:=none", "task:=Hopper-v5", "out:=/tmp/x", "duration:=5"])
+    assert graph == "train" and args["sim"] == "none"
+    with pytest.raises(ValueError, match="name:=value"):
+        parse_arguments(["train", "sim=mujoco"])
+    with pytest.raises(ValueError, match="usage"):
+        parse_arguments(["fly"])
+    with pytest.raises(ValueError, match=r"unknown launch argument\(s\) \['tsk'\]"):
+        train_graph({"tsk": "x"})
+    with pytest.raises(ValueError, match="sim:=gazebo"):
+        train_graph({"sim": "gazebo"})
+    names = [s.name for s in train_graph({"sim": "none"})]
+    assert names == ["policy_node", "data_node", "trainer_node"]
+    spec = train_graph({"joint_states": "/robot/joint_states"})[0]
+    cmd = node_command(spec, Path("p.yaml"))
+    assert cmd[1:3] == ["-m", "mbmpo_ros.sim_node"] and "joint_states:=/robot/joint_states" in cmd
+
+
+class _Recorder:
+    """Stands in for the `launch` API (not on PyPI) to read what a launch file would start."""
+
+    def __init__(self, **kw):
+        self.kw = kw
+
+
+def _launch_nodes(path: Path, args: dict[str, str]) -> tuple[list[str], list[dict]]:
+    fake = {
+        "launch": types.SimpleNamespace(LaunchDescription=lambda items: items),
+        "launch.actions": types.SimpleNamespace(DeclareLaunchArgument=lambda n, **kw: ("arg", n, kw),
+                                                OpaqueFunction=lambda function: ("fn", function)),
+        "launch.substitutions": types.SimpleNamespace(
+            LaunchConfiguration=lambda n: types.SimpleNamespace(perform=lambda ctx: ctx[n])),
+        "launch_ros": types.SimpleNamespace(), "launch_ros.actions": types.SimpleNamespace(Node=_Recorder),
+    }
+    saved = {k: sys.modules.get(k) for k in fake}
+    sys.modules.update(fake)  # type: ignore[arg-type]
+    try:
+        namespace: dict = {}
+        exec(compile(path.read_text(), str(path), "exec"), namespace)
+        items = namespace["generate_launch_description"]()
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                sys.modules.pop(k, None)
+            else:
+                sys.modules[k] = v
+    declared = {n: kw["default_value"] for kind, n, kw in [i for i in items if i[0] == "arg"]}
+    context = {**declared, **args}
+    nodes = [i for i in items if i[0] == "fn"][0][1](context)
+    return list(declared), [n.kw for n in nodes]
+
+
+@pytest.mark.parametrize("name, table, build", [("train", TRAIN_ARGUMENTS, train_graph),
+                                                ("deploy", DEPLOY_ARGUMENTS, deploy_graph)])
+def test_launch_files_and_bringup_start_the_same_graph(name, table, build) -> None:
+    path = ROOT / "launch" / f"{name}.launch.py"
+    ast.parse(path.read_text())
+    for args in ({}, {"sim": "mujoco", "task": "Hopper-v5"}, {"sim": "none"}):
+        declared, nodes = _launch_nodes(path, args)
+        assert declared == list(table)
+        specs = build(args)
+        assert [(n["executable"], n["name"], n["parameters"][0], n["remappings"]) for n in nodes] == \
+               [(s.executable, s.name, s.parameters, list(s.remappings)) for s in specs]
+        assert all(n["package"] == "mbmpo_ros" for n in nodes)
