@@ -1,20 +1,23 @@
 """Throughput benchmark (issue 2): how close the hot loops come to this CPU's matmul peak, and where
 one MB-MPO iteration at the paper's settings spends its time.
 
-Measures, in one run:
+Measures, in one run, in sections:
 
-1. fp32 matmul peak: median GFLOP/s of `torch.mm` on square matrices (2048 x 2048);
-2. the dynamics ensemble (5 x (512, 512), HalfCheetah-v5 sizes): `predict` at several batches per
+1. the dynamics ensemble (5 x (512, 512), HalfCheetah-v5 sizes): `predict` at several batches per
    member, the full `imagine` pass (20 tasks x 50 rollouts x horizon 200, policy included), and
-   training steps (forward + backward + Adam, batch 500 per member), each as achieved GFLOP/s and as
-   a fraction of the matmul peak;
-3. seconds per phase (collect, fit, meta-optimise, evaluate) of the first two `Trainer` iterations
-   on HalfCheetah-v5 with the default (paper) `Config`.
+   training steps (forward + backward + Adam, batch 500 per member), each as achieved GFLOP/s;
+2. seconds per phase (collect, fit, meta-optimise, evaluate) of the first two `Trainer` iterations
+   on HalfCheetah-v5 with the default (paper) `Config` (`--meta-steps` shortens the meta phase);
+3. fp32 matmul throughput, the median GFLOP/s of `torch.mm` at 2048 x 2048, measured at the start of
+   every section. The peak is the best of those medians; every achieved figure is also reported
+   as a fraction of it.
 
 FLOP counts are forward-only matmul FLOPs, 2 * in * out per layer per sample per member (bias,
 activation, weight normalisation and the policy are not counted); training counts 3x forward.
-Every timing is the median of several repeats (the machine is shared); the iteration phases are
-single measurements. Torch runs with exactly `--threads` (default 2) intra-op threads.
+Every timing is the median of several repeats; the iteration phases are single measurements.
+The machine may be shared, so every section records the CPU load of other processes while it ran,
+and `--wait-quiet` waits for an idle machine before each section. Torch runs with exactly
+`--threads` (default 2) intra-op threads.
 
     python benchmarks/throughput.py --out benchmarks/results_throughput.json
     python benchmarks/throughput.py --quick        # smoke version, well under 30 s

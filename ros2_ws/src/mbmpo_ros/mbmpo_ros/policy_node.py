@@ -174,17 +174,15 @@ class PolicyNode(Node):
     def on_state(self, msg: JointState) -> None:
         now = time.monotonic()
         stamp = (msg.header.stamp.sec, msg.header.stamp.nanosec)
-        if stamp == self.last_stamp:
-            return  # a re-sent state already acted on
-        self.last_stamp = stamp
-        if self.builder is None:
-            return
+        if stamp == self.last_stamp or self.builder is None:
+            return  # a re-sent state already used, or no policy yet
         try:
             obs = self.builder.build(msg.name, msg.position, msg.velocity)
         except ObservationError as err:
             self.counts["bad_states"] += 1
             self.get_logger().warning(f"state rejected: {err}", throttle_duration_sec=1.0)
             return
+        self.last_stamp = stamp
         self.watchdog.feed(now)
         self.latest = (obs, now, stamp)
         if self.lockstep:
@@ -287,6 +285,11 @@ class PolicyNode(Node):
             **self.counts,
         }
         self.status_pub.publish(String(data=json.dumps(status)))
+
+
+    def close(self) -> None:
+        """Log the final counters (what a test or an operator compares with the bag)."""
+        print("policy_node final " + json.dumps(self.counts), flush=True)
 
 
 def main() -> None:

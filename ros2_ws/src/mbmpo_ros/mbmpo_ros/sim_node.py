@@ -49,6 +49,7 @@ class SimNode(Node):
         self.command = self.safe.copy()
         self.last_command_time = -np.inf
         self.steps = self.resets = self.safe_steps = self.bad_commands = 0
+        self.last_msg: JointState | None = None
         self.pub = self.create_publisher(JointState, "joint_states", 10)
         self.create_subscription(Float64MultiArray, "commands", self.on_command, 10)
         self.create_service(Trigger, "~/reset", self.on_reset)
@@ -56,7 +57,6 @@ class SimNode(Node):
         self.publish_state()
         if self.mode != "lockstep":
             self.create_timer(self.task.dt / (speedup if self.mode == "fast" else 1.0), self.on_timer)
-        self.last_msg: JointState | None = None
         if self.mode == "lockstep":  # re-send the current state (same stamp) so a late-starting policy begins
             self.create_timer(0.5, lambda: self.last_msg is not None and self.pub.publish(self.last_msg))
         self.get_logger().info(f"{self.task.name} at {1 / self.task.dt:.0f} Hz, mode {self.mode}")

@@ -16,6 +16,7 @@ import threading
 import time
 from pathlib import Path
 
+import rclpy
 import yaml
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
@@ -148,8 +149,9 @@ class TrainerNode(Node):
             if self.trainer.buffer.total_steps >= self.steps or (
                     self.target_return and row["return_pre"] >= self.target_return):
                 self.done = True
-                self.get_logger().info("training budget reached; the latest bundle is in "
-                                       f"{self.out / 'policy'}")
+                self.get_logger().info(f"training done; the latest bundle is in {self.out / 'policy'}")
+                plot_learning_curve(self.out, f"MB-MPO (ROS) on {self.task.name}")
+                rclpy.try_shutdown(context=self.context)  # ends spin: the process exits 0
 
     def publish_bundle(self) -> None:
         """Export the current policy to OUT/policy (atomically) and send it to the policy node."""
