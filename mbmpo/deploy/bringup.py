@@ -54,17 +54,27 @@ def write_params(specs: list[NodeSpec], folder: Path) -> Path:
     return path
 
 
-def stop(procs: dict[str, subprocess.Popen], grace: float = 10.0) -> None:
-    for p in procs.values():
-        if p.poll() is None:
-            p.send_signal(signal.SIGINT)
-    deadline = time.monotonic() + grace
-    for p in procs.values():
-        try:
-            p.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
+ROBOT_SIDE = ("sim_node", "policy_node")
+
+
+def stop(procs: dict[str, subprocess.Popen], grace: float = 10.0, drain: float = 1.5) -> None:
+    """Stop the robot side first, let the data node receive what is in flight, then stop the rest:
+    every transition the policy node published reaches the bag."""
+    first = {n: p for n, p in procs.items() if n in ROBOT_SIDE}
+    rest = {n: p for n, p in procs.items() if n not in ROBOT_SIDE}
+    for group in (first, rest):
+        for p in group.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+        deadline = time.monotonic() + grace
+        for p in group.values():
+            try:
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        if group is first and first and rest:
+            time.sleep(drain)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,7 +115,32 @@ def main(argv: list[str] | None = None) -> int:
         print("mbmpo-bringup: interrupted", flush=True)
     finally:
         stop(procs)
+    if graph == "train":
+        print(summary(Path(specs[-1].parameters["out"])), flush=True)
     return code
+
+
+def summary(out: Path) -> str:
+    """What a training run left in its output folder."""
+    import csv
+
+    lines = [f"mbmpo-bringup: output in {out}"]
+    progress = out / "progress.csv"
+    if progress.is_file():
+        with progress.open() as f:
+            rows = list(csv.DictReader(f))
+        if rows:
+            last = rows[-1]
+            lines.append(f"  {len(rows)} iterations, {last['real_steps']} real steps used, return before adaptation "
+                         f"{float(last['return_pre']):.1f}, after {float(last['return_post']):.1f}, {last['wall_s']} s")
+    bag = out / "bag" / "metadata.yaml"
+    if bag.is_file():
+        info = yaml.safe_load(bag.read_text())["rosbag2_bagfile_information"]
+        lines.append(f"  bag: {info['message_count']} transitions in {len(info['relative_file_paths'])} MCAP segments")
+    for name in ("policy/manifest.json", "learning_curve.png"):
+        if (out / name).exists():
+            lines.append(f"  {out / name}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ TRAIN_ARGUMENTS: dict[str, tuple[str, str]] = {
     "out": ("runs/ros_train", "output folder: progress.csv, bag/, policy/, learning_curve.png"),
     "seed": ("0", "random seed"),
     "steps": ("10000", "real transitions to collect before training stops"),
+    "target_return": ("0", "stop once the meta-policy's evaluation return reaches this (0: never)"),
     "sim_mode": ("lockstep", "sim timing: lockstep (steps on each command), realtime, or fast"),
     "speedup": ("1.0", "sim_mode fast: simulated seconds per wall second"),
     "perturb": ("", "sim physics scales, e.g. mass=1.3,friction=0.6"),
@@ -80,12 +81,12 @@ def train_graph(args: dict[str, str]) -> list[NodeSpec]:
     lockstep = a["sim"] == "mujoco" and a["sim_mode"] == "lockstep"
     return _sim(a) + [
         NodeSpec("policy_node", "policy_node",
-                 {"task": a["task"], "mode": "explore", "bundle": "", "lockstep": lockstep,
-                  "reset_service": a["reset_service"]}, _robot_io(a)),
+                 {"mode": "explore", "bundle": "", "lockstep": lockstep, "reset_service": a["reset_service"]},
+                 _robot_io(a)),
         NodeSpec("data_node", "data_node", {"task": a["task"], "bag_dir": f"{out}/bag"}),
         NodeSpec("trainer_node", "trainer_node",
                  {"task": a["task"], "config": a["config"], "out": out, "seed": int(a["seed"]),
-                  "steps": int(a["steps"])}),
+                  "steps": int(a["steps"]), "target_return": float(a["target_return"])}),
     ]
 
 
@@ -96,7 +97,7 @@ def deploy_graph(args: dict[str, str]) -> list[NodeSpec]:
     lockstep = a["sim"] == "mujoco" and a["sim_mode"] == "lockstep"
     return _sim(a) + [
         NodeSpec("policy_node", "policy_node",
-                 {"task": "", "mode": a["mode"], "bundle": a["policy"], "lockstep": lockstep,
+                 {"mode": a["mode"], "bundle": a["policy"], "lockstep": lockstep,
                   "adapt_episodes": int(a["adapt_episodes"]), "reset_service": a["reset_service"]},
                  _robot_io(a)),
     ]

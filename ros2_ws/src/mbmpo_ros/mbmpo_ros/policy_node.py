@@ -42,7 +42,6 @@ class PolicyNode(Node):
         super().__init__("policy_node")
         self.mode_name = declare(self, "mode", "explore", "explore | deploy")
         bundle = declare(self, "bundle", "", "bundle folder to start with ('' waits for the trainer)")
-        task = declare(self, "task", "", "task for a start before any bundle (train graph); '' otherwise")
         self.lockstep = declare(self, "lockstep", False, "act on each new state instead of on a timer")
         period = declare(self, "control_period", 0.0, "seconds; 0 takes the bundle's")
         self.watchdog_factor = declare(self, "watchdog_periods", 1.0, "stale after this many control periods")
@@ -75,7 +74,6 @@ class PolicyNode(Node):
         self.latest: tuple[np.ndarray, float, object] | None = None
         self.last_stamp = None
         self.last_tick = None
-        self.contract_task = task
         self.builder: ObservationBuilder | None = None
         self.guard: ActionGuard | None = None
         self.watchdog = Watchdog(1.0)

@@ -1,0 +1,96 @@
+"""Whole graphs over real DDS: learning, recording every transition, a foreign robot driver, deploy mode."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("rclpy")
+from std_msgs.msg import String  # noqa: E402
+
+from mbmpo.cli import main as cli  # noqa: E402
+from mbmpo.deploy.bag import read_messages  # noqa: E402
+from tests.ros_helpers import Probe, next_domain, start_node, stop_node  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ROOT / "tests" / "configs" / "tiny.yaml"
+TINY_ROS = ROOT / "tests" / "configs" / "tiny_ros.yaml"
+
+
+def _bringup(args: list[str], domain: int, timeout: float) -> subprocess.CompletedProcess:
+    env = {**os.environ, "ROS_DOMAIN_ID": str(domain), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
+           "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([sys.executable, "-m", "mbmpo.deploy.bringup", *args], capture_output=True, text=True,
+                          env=env, cwd=ROOT, timeout=timeout)
+
+
+def _final_counts(output: str) -> dict:
+    found = re.findall(r"policy_node final (\{.*\})", output)
+    assert found, output[-3000:]
+    return json.loads(found[-1])
+
+
+@pytest.mark.slow
+def test_train_graph_learns_inverted_pendulum_and_records_every_transition(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    r = _bringup(["train", "sim:=mujoco", "task:=InvertedPendulum-v5", f"out:={out}", "steps:=100000",
+                  "target_return:=190", "duration:=500"], next_domain(), timeout=600)
+    assert "trainer finished (0)" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
+    rows = (out / "progress.csv").read_text().splitlines()
+    header, last = rows[0].split(","), rows[-1].split(",")
+    assert float(last[header.index("return_pre")]) >= 190.0
+    counts = _final_counts(r.stdout)
+    messages = list(read_messages(out / "bag"))  # rosbags reads the bag
+    assert counts["transitions"] > 1000 and len(messages) == counts["transitions"]
+    assert (out / "policy" / "manifest.json").is_file() and (out / "learning_curve.png").is_file()
+    assert "bag:" in r.stdout and "return before adaptation" in r.stdout
+
+
+def test_a_foreign_robot_driver_drives_the_stack_with_sim_none(tmp_path: Path) -> None:
+    domain = next_domain()
+    env = {**os.environ, "ROS_DOMAIN_ID": str(domain), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
+           "PYTHONWARNINGS": "ignore"}
+    driver = subprocess.Popen([sys.executable, str(ROOT / "tests" / "fake_robot_driver.py")], env=env, cwd=ROOT)
+    try:
+        out = tmp_path / "run"
+        r = _bringup(["train", "sim:=none", "task:=InvertedPendulum-v5", f"out:={out}", f"config:={TINY_ROS}",
+                      "steps:=300", "reset_service:=reset", "duration:=240"], domain, timeout=300)
+    finally:
+        stop_node(driver)
+    assert "trainer finished (0)" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
+    assert len((out / "progress.csv").read_text().splitlines()) >= 2
+    counts = _final_counts(r.stdout)
+    assert len(list(read_messages(out / "bag"))) == counts["transitions"] >= 300
+
+
+def test_deploy_mode_adapts_online_and_swaps_without_missed_periods(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    assert cli(["train", "--task", "InvertedPendulum-v5", "--steps", "60", "--out", str(run), "--config", str(TINY),
+                "--no-progress"]) == 0
+    assert cli(["export", "--run", str(run), "--out", str(tmp_path / "bundle")]) == 0
+    domain = next_domain()
+    sim = start_node("sim_node", domain, {"task": "InvertedPendulum-v5", "mode": "realtime"})
+    policy = start_node("policy_node", domain, {"bundle": str(tmp_path / "bundle"), "mode": "deploy",
+                                                "adapt_episodes": 1, "reset_service": "sim_node/reset"})
+    probe = Probe(domain)
+    try:
+        status: list[dict] = []
+        probe.node.create_subscription(String, "policy_node/status", lambda m: status.append(json.loads(m.data)), 10)
+        assert probe.spin_until(lambda: status and status[-1]["adaptations"] >= 2
+                                and status[-1]["episodes"] >= 4, 60), status[-1:]
+        probe.spin_for(3.0)
+        last = status[-1]
+        assert any("+adapted" in (s["policy"] or "") for s in status)  # the adapted policy took over
+        assert last["adaptations_refused"] == 0
+        periods = last["transitions"]
+        assert last["missed_periods"] <= max(2, 0.02 * periods), last  # bound: 2% of control periods
+        assert last["latency_ms_p99"] < 20.0
+    finally:
+        probe.close()
+        stop_node(policy)
+        stop_node(sim)
