@@ -69,7 +69,7 @@ class Settings:
 FULL = Settings(matmul_n=2048, repeats=7, hidden=(512, 512), predict_batches=(200, 1000, 4000, 20000), n_tasks=20,
                 n_traj=50, horizon=200, train_batch=500, train_steps=20, iteration_cfg=Config())
 QUICK = Settings(
-    matmul_n=512, repeats=3, hidden=(128, 128), predict_batches=(200, 1000), n_tasks=5, n_traj=10, horizon=20,
+    matmul_n=512, repeats=2, hidden=(128, 128), predict_batches=(200, 1000), n_tasks=5, n_traj=10, horizon=20,
     train_batch=500, train_steps=2,
     iteration_cfg=Config(model=ModelConfig(hidden=(64, 64), max_epochs=2),
                          meta=MetaConfig(meta_steps=1, tasks_per_model=1, rollouts_per_task=5, horizon=10, cg_iters=3,
@@ -204,10 +204,10 @@ def bench_imagine(rec: Recorder, s: Settings) -> dict[str, float]:
     rec.add("imagination_ms_per_step", seconds / s.horizon * 1e3, "ms")
     obs = start.reshape(-1, task.obs_dim)
     with torch.no_grad():
-        policy = median_seconds(lambda: sample(params, obs, gen), s.repeats * 5)
+        policy = median_seconds(lambda: sample(params, obs, gen), s.repeats * 3)
         members = ensemble.members
         o, a = obs.reshape(members, -1, task.obs_dim), torch.randn(members, obs.shape[0] // members, task.act_dim)
-        model = median_seconds(lambda: ensemble.predict(o, a), s.repeats * 5)
+        model = median_seconds(lambda: ensemble.predict(o, a), s.repeats * 3)
     rec.add("imagination_policy_ms_per_step", policy * 1e3, "ms")
     rec.add("imagination_predict_ms_per_step", model * 1e3, "ms")
     with torch.no_grad():

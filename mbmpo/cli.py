@@ -25,6 +25,8 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue the run in --out")
     train.add_argument("--target-return", type=float, help="stop once the meta-policy's return reaches this")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("--threads", type=int, default=0,
+                       help="torch CPU threads (0: torch's default). Use 1 when other busy processes share the cores")
     ev = sub.add_parser("eval", help="evaluate a trained run in the real environment")
     source = ev.add_mutually_exclusive_group(required=True)
     source.add_argument("--run", type=Path, help="run directory (evaluates the checkpoint with torch)")
@@ -75,6 +77,10 @@ def _train(args: argparse.Namespace) -> int:
 
     if args.steps < 1:
         raise UserError("--steps must be >= 1")
+    if args.threads > 0:
+        import torch
+
+        torch.set_num_threads(args.threads)
     task = get_task(args.task)
     config_path = args.config or default_config_path(task.name)
     cfg = load_config(config_path) if config_path else Config()

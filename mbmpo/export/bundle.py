@@ -1,7 +1,7 @@
 """`mbmpo export`: a run directory -> a self-contained policy bundle.
 
-    PDIR/policy.onnx     obs B x D (+ optional parameter inputs) -> action_mean B x A, action_log_std A; the
-                         meta-parameters are stored as overridable initialisers
+    PDIR/policy.onnx     obs B x D -> action_mean B x A, action_log_std A, with the meta-parameters as
+                         initialisers (the runtime overrides them per session for other parameter sets)
     PDIR/adapt.onnx      the one-step adaptation (params, obs, act, adv, alpha) -> adapted params
     PDIR/params.npz      meta-parameters and the K x m adapted parameter sets of the last iteration
     PDIR/reward.py       the task's reward/termination functions (numpy-compatible source)
@@ -55,8 +55,11 @@ def _export(module: torch.nn.Module, args: tuple, path: Path, inputs: list[str],
 
 
 def _add_defaults_and_metadata(path: Path, defaults: dict[str, np.ndarray], metadata: dict[str, str]) -> None:
-    """Store parameter values as initialisers with the input names (inputs may still override them)."""
+    """Turn the parameter inputs named in `defaults` into initialisers holding those values."""
     model = onnx.load(str(path))
+    kept = [i for i in model.graph.input if i.name not in defaults]
+    del model.graph.input[:]
+    model.graph.input.extend(kept)
     for name, value in defaults.items():
         model.graph.initializer.append(onnx.numpy_helper.from_array(value.astype(np.float32), name))
     for key, value in metadata.items():

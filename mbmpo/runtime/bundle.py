@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -26,12 +26,14 @@ class Bundle:
 
     path: Path
     manifest: dict[str, Any]
-    policy_session: ort.InferenceSession
+    policy_session: ort.InferenceSession  # runs the meta-parameters stored in policy.onnx
+    policy_bytes: bytes  # policy.onnx, for sessions with other parameter sets
     adapt_session: ort.InferenceSession
     meta_params: dict[str, np.ndarray]
     explore_params: dict[str, np.ndarray]  # each K x ...
     reward_fn: Callable[..., Any]
     termination_fn: Callable[..., Any] | None
+    explore_cache: dict = field(default_factory=dict)  # k -> Policy, built once
 
     @property
     def obs_dim(self) -> int:
@@ -42,13 +44,21 @@ class Bundle:
         return int(self.manifest["act_dim"])
 
 
-def _session(path: Path) -> ort.InferenceSession:
+def _session(path: Path | bytes, initializers: dict[str, np.ndarray] | None = None) -> ort.InferenceSession:
+    """A one-thread CPU session; `initializers` replace the model's stored values of the same names."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1  # one observation at a time: threads only add latency
     options.inter_op_num_threads = 1
-    options.log_severity_level = 3  # parameters are overridable inputs by design: silence that notice
+    options.log_severity_level = 3
+    values = {k: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v, np.float32))
+              for k, v in (initializers or {}).items()}
+    for name, value in values.items():
+        options.add_initializer(name, value)
+    source = path if isinstance(path, bytes) else str(path)
     try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+        session._mbmpo_values = values  # the OrtValues must outlive the session
+        return session
     except Exception as err:
         raise BundleError(f"{path}: not a loadable ONNX model: {str(err).splitlines()[0]}") from None
 
@@ -96,14 +106,23 @@ def load_bundle(path: str | Path) -> Bundle:
     if meta["w0"].shape[0] != obs_dim or meta["log_std"].shape != (act_dim,):
         raise BundleError(f"{path}/params.npz: parameters take {meta['w0'].shape[0]} observations and give "
                           f"{meta['log_std'].shape[0]} actions; the manifest says {obs_dim} and {act_dim}")
-    policy_session = _session(path / "policy.onnx")
+    policy_bytes = (path / "policy.onnx").read_bytes()
+    policy_session = _session(policy_bytes)
     declared = policy_session.get_inputs()[0].shape[-1]
     if declared != obs_dim:
         raise BundleError(f"{path}/policy.onnx takes {declared} observations; the manifest says {obs_dim}")
     reward = _load_function(path / "reward.py", manifest["reward"]["function"])
     term = manifest.get("termination")
     termination = _load_function(path / "reward.py", term["function"]) if term else None
-    return Bundle(path, manifest, policy_session, _session(path / "adapt.onnx"), meta, explore, reward, termination)
+    return Bundle(path, manifest, policy_session, policy_bytes, _session(path / "adapt.onnx"), meta, explore, reward,
+                  termination)
+
+
+def policy_session(bundle: Bundle, params: dict[str, np.ndarray]) -> ort.InferenceSession:
+    """A session of the policy graph with `params` in place of the stored meta-parameters."""
+    if params is bundle.meta_params:
+        return bundle.policy_session
+    return _session(bundle.policy_bytes, params)
 
 
 def load(path: str | Path) -> "Policy":

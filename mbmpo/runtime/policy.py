@@ -11,7 +11,9 @@ from typing import Sequence
 import numpy as np
 
 from mbmpo.runtime.advantages import advantages, pad_episodes
-from mbmpo.runtime.bundle import Bundle
+from mbmpo.runtime.bundle import Bundle, policy_session
+
+_RNG = np.random.default_rng()
 
 
 class AdaptationRefused(RuntimeError):
@@ -29,6 +31,7 @@ class Policy:
 
     def __init__(self, bundle: Bundle, params: dict[str, np.ndarray], name: str):
         self.bundle, self.params, self.name = bundle, params, name
+        self.session = policy_session(bundle, params)  # built here, never on the control path
         self._low = np.asarray(bundle.manifest["act_low"], np.float32)
         self._high = np.asarray(bundle.manifest["act_high"], np.float32)
 
@@ -38,7 +41,7 @@ class Policy:
 
     def _check_obs(self, obs: np.ndarray) -> np.ndarray:
         obs = np.asarray(obs, dtype=np.float32)
-        if obs.shape[-1:] != (self.bundle.obs_dim,) or obs.ndim not in (1, 2):
+        if obs.ndim not in (1, 2) or obs.shape[-1] != self.bundle.obs_dim:
             raise ValueError(f"observation has shape {obs.shape}; policy '{self.manifest['policy_version']}' "
                              f"expects ({self.bundle.obs_dim},) or (B, {self.bundle.obs_dim}) "
                              f"ordered as {self.manifest['obs_names']}")
@@ -49,30 +52,39 @@ class Policy:
 
     def distribution(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(mean B x A, log_std A) for obs B x D."""
-        feed = {"obs": obs, **self.params}
-        mean, log_std = self.bundle.policy_session.run(None, feed)
+        mean, log_std = self.session.run(None, {"obs": obs})
         return mean, log_std
 
     def act(self, obs: np.ndarray, deterministic: bool = False, rng: np.random.Generator | None = None) -> np.ndarray:
         """Action(s) for obs D or B x D, clipped to the action limits. Raises ValueError for bad input."""
         obs = self._check_obs(obs)
         single = obs.ndim == 1
-        mean, log_std = self.distribution(obs[None] if single else obs)
-        action = mean if deterministic else mean + np.exp(log_std) * (rng or np.random.default_rng()).standard_normal(mean.shape).astype(np.float32)
-        if not np.isfinite(action).all():
+        mean, log_std = self.session.run(None, {"obs": obs[None] if single else obs})
+        if not deterministic:
+            mean += np.exp(log_std) * (rng or _RNG).standard_normal(mean.shape, dtype=np.float32)
+        if not np.isfinite(mean).all():
             raise ValueError(f"policy '{self.name}' produced a non-finite action")
-        action = np.clip(action, self._low, self._high)
-        return action[0] if single else action
+        np.minimum(np.maximum(mean, self._low, out=mean), self._high, out=mean)  # np.clip is slower here
+        return mean[0] if single else mean
 
     def exploration(self, k: int) -> "Policy":
         """The k-th adapted parameter set of the last training iteration (what MB-MPO explores with)."""
         n = self.manifest["n_explore"]
         if not 0 <= k < n:
             raise IndexError(f"exploration policy {k} requested; the bundle has {n}")
-        return Policy(self.bundle, {name: v[k] for name, v in self.bundle.explore_params.items()}, f"explore{k}")
+        cache = self.bundle.explore_cache
+        if k not in cache:
+            cache[k] = Policy(self.bundle, {name: v[k] for name, v in self.bundle.explore_params.items()}, f"explore{k}")
+        return cache[k]
 
     def meta(self) -> "Policy":
         return Policy(self.bundle, self.bundle.meta_params, "meta")
+
+    def warm(self) -> "Policy":
+        """Build every exploration policy's session now (call before the control loop starts)."""
+        for k in range(self.manifest["n_explore"]):
+            self.exploration(k)
+        return self
 
     def advantages(self, episodes: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> np.ndarray:
         """GAE advantages (linear baseline, the bundle's gamma/lambda) for episodes (obs, act, rew): N x H."""

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import rclpy
+import torch
 import yaml
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
@@ -47,6 +48,8 @@ class TrainerNode(Node):
         self.steps = declare(self, "steps", 10000, "real transitions after which training stops")
         self.target_return = declare(self, "target_return", 0.0, "stop early at this return (0: never)")
         self.bag_dir = Path(declare(self, "bag_dir", "", "bag to read ('' = OUT/bag)") or self.out / "bag")
+        threads = declare(self, "threads", 1, "torch CPU threads; 1 leaves cores to the robot-side nodes")
+        torch.set_num_threads(max(1, threads))
         self.task = get_task(task_name)
         path = config or default_config_path(self.task.name)
         cfg = load_config(path) if path else Config()
