@@ -27,8 +27,7 @@ setup: $(STAMP)
 
 demo: $(STAMP)
 	rm -rf runs/demo
-	$(VENV)/bin/mbmpo train --task InvertedPendulum-v5 --steps 5000 --seed 0 --out runs/demo
-	$(VENV)/bin/mbmpo eval --run runs/demo --task InvertedPendulum-v5 --episodes 5 --json
+	$(VENV)/bin/mbmpo-bringup train sim:=mujoco task:=InvertedPendulum-v5 out:=runs/demo steps:=20000 target_return:=190 duration:=900
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
