@@ -1,0 +1,29 @@
+"""The launch description of a graph, for `launch/<graph>.launch.py` on a real ROS 2 install.
+
+Imports `launch` and `launch_ros` only when called (they are not on PyPI; mbmpo-bringup is used there).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mbmpo.deploy.graph import GRAPHS
+
+
+def launch_description(graph: str) -> Any:
+    """DeclareLaunchArgument for each argument of `graph`, and its nodes built from their values."""
+    from launch import LaunchDescription
+    from launch.actions import DeclareLaunchArgument, OpaqueFunction
+    from launch.substitutions import LaunchConfiguration
+    from launch_ros.actions import Node
+
+    build, table = GRAPHS[graph]
+
+    def nodes(context: Any) -> list:
+        args = {name: LaunchConfiguration(name).perform(context) for name in table}
+        return [Node(package="mbmpo_ros", executable=s.executable, name=s.name, parameters=[s.parameters],
+                     remappings=list(s.remappings), output="screen") for s in build(args)]
+
+    arguments = [DeclareLaunchArgument(name, default_value=default, description=description)
+                 for name, (default, description) in table.items()]
+    return LaunchDescription([*arguments, OpaqueFunction(function=nodes)])
