@@ -48,6 +48,7 @@ from mbmpo.tasks import get_task
 from mbmpo.train.trainer import Trainer
 
 TASK = "HalfCheetah-v5"
+QUIET_LOAD = 0.1  # other processes' share of all cores below which the machine counts as quiet
 
 
 @dataclass(frozen=True)
@@ -123,7 +124,7 @@ class LoadMeter:
         return max(0.0, busy - own) / total
 
 
-def wait_until_quiet(max_wait_s: float, threshold: float = 0.1, window_s: float = 3.0) -> float:
+def wait_until_quiet(max_wait_s: float, threshold: float = QUIET_LOAD, window_s: float = 3.0) -> float:
     """Sleep until other processes use < `threshold` of the cores over one window (or `max_wait_s`
     passes); returns the seconds waited."""
     start = time.perf_counter()
@@ -281,6 +282,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="override meta.meta_steps for the iteration phase (default: the config's)")
     parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
                         help="before each section wait up to SECONDS for other processes to go idle")
+    parser.add_argument("--retries", type=int, default=0,
+                        help="repeat a short section up to this many times when other processes loaded the machine"
+                             " (keeps the least loaded attempt; the long iteration section is never repeated)")
     parser.add_argument("--skip-iterations", action="store_true", help="skip the Trainer phase timings")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -291,20 +295,36 @@ def main(argv: list[str] | None = None) -> int:
     peaks: list[float] = []
     achieved: dict[str, float] = {}
 
-    def section(name: str, title: str, bench: Callable[[], dict[str, float] | None]) -> None:
-        """Wait for a quiet machine (if asked), measure the matmul peak, run one benchmark, record the load."""
-        if args.wait_quiet > 0:
-            rec.add(f"{name}_waited_for_quiet_s", wait_until_quiet(args.wait_quiet), "s")
-        print(title, flush=True)
-        meter = LoadMeter()
-        peaks.append(bench_matmul(rec, s, f"matmul_gflops_before_{name}"))
-        achieved.update(bench() or {})
-        rec.add(f"{name}_other_processes_load", meter.others(), "fraction of all cores")
+    def section(name: str, title: str, bench: Callable[[], dict[str, float] | None], retries: int = 0) -> None:
+        """Run one benchmark section: wait for a quiet machine (if asked), measure the matmul peak, run the
+        benchmark and record other processes' load. A section run under load is repeated up to `retries`
+        times; the records of the least loaded attempt are kept."""
+        best: tuple[float, list[dict[str, Any]], float, dict[str, float]] | None = None
+        for attempt in range(1 + retries):
+            mark = len(rec.records)
+            if args.wait_quiet > 0:
+                rec.add(f"{name}_waited_for_quiet_s", wait_until_quiet(args.wait_quiet), "s")
+            print(title if attempt == 0 else f"{title} (again: the machine was busy)", flush=True)
+            meter = LoadMeter()
+            peak = bench_matmul(rec, s, f"matmul_gflops_before_{name}")
+            result = bench() or {}
+            load = rec.add(f"{name}_other_processes_load", meter.others(), "fraction of all cores")
+            records = rec.records[mark:]
+            del rec.records[mark:]
+            if best is None or load < best[0]:
+                best = (load, records, peak, result)
+            if not load >= QUIET_LOAD:
+                break
+        assert best is not None
+        rec.records += best[1]
+        peaks.append(best[2])
+        achieved.update(best[3])
 
-    section("predict", "ensemble predict:", lambda: bench_predict(rec, s))
+    section("predict", "ensemble predict:", lambda: bench_predict(rec, s), args.retries)
     section("imagination", f"imagination, {s.n_tasks} tasks x {s.n_traj} rollouts x horizon {s.horizon}:",
-            lambda: bench_imagine(rec, s))
-    section("train", f"ensemble training, batch {s.train_batch} per member:", lambda: bench_train(rec, s))
+            lambda: bench_imagine(rec, s), args.retries)
+    section("train", f"ensemble training, batch {s.train_batch} per member:", lambda: bench_train(rec, s),
+            args.retries)
     if not args.skip_iterations:
         section("halfcheetah_iterations", f"{TASK} iterations:", lambda: bench_iterations(rec, s, args.meta_steps))
     print("fractions of the peak (the best matmul median of this run):")

@@ -44,7 +44,8 @@ class PolicyNode(Node):
         bundle = declare(self, "bundle", "", "bundle folder to start with ('' waits for the trainer)")
         self.lockstep = declare(self, "lockstep", False, "act on each new state instead of on a timer")
         period = declare(self, "control_period", 0.0, "seconds; 0 takes the bundle's")
-        self.watchdog_factor = declare(self, "watchdog_periods", 1.0, "stale after this many control periods")
+        self.watchdog_factor = declare(self, "watchdog_periods", 2.0, "states older than this many control "
+                                       "periods are stale; the safe command follows within a quarter period")
         self.horizon_param = declare(self, "horizon", 0, "episode length; 0 takes the bundle's")
         self.adapt_episodes = declare(self, "adapt_episodes", 2, "deploy: episodes of fresh data per adaptation")
         self.adapt_max_kl = declare(self, "adapt_max_kl", 0.0, "deploy: KL bound; 0 takes the bundle's")
