@@ -29,8 +29,8 @@ def _bringup(args: list[str], domain: int, timeout: float) -> subprocess.Complet
                           env=env, cwd=ROOT, timeout=timeout)
 
 
-def _final_counts(output: str) -> dict:
-    found = re.findall(r"policy_node final (\{.*\})", output)
+def _final_counts(output: str, node: str = "policy_node") -> dict:
+    found = re.findall(node + r" final (\{.*\})", output)
     assert found, output[-3000:]
     return json.loads(found[-1])
 
@@ -44,9 +44,10 @@ def test_train_graph_learns_inverted_pendulum_and_records_every_transition(tmp_p
     rows = (out / "progress.csv").read_text().splitlines()
     header, last = rows[0].split(","), rows[-1].split(",")
     assert float(last[header.index("return_pre")]) >= 190.0
-    counts = _final_counts(r.stdout)
+    counts, recorded = _final_counts(r.stdout), _final_counts(r.stdout, "data_node")
     messages = list(read_messages(out / "bag"))  # rosbags reads the bag
-    assert counts["transitions"] > 1000 and len(messages) == counts["transitions"]
+    assert counts["all_acked"] and recorded["rejected"] == {}
+    assert counts["transitions"] > 1000 and len(messages) == recorded["durable"] == counts["transitions"]
     assert (out / "policy" / "manifest.json").is_file() and (out / "learning_curve.png").is_file()
     assert "bag:" in r.stdout and "return before adaptation" in r.stdout
 
@@ -88,8 +89,8 @@ def test_deploy_mode_adapts_online_and_swaps_without_missed_periods(tmp_path: Pa
         assert any("+adapted" in (s["policy"] or "") for s in status)  # the adapted policy took over
         assert last["adaptations_refused"] == 0
         periods = last["transitions"]
-        assert last["missed_periods"] <= max(2, 0.02 * periods), last  # bound: 2% of control periods
-        assert last["latency_ms_p99"] < 20.0
+        assert last["missed_periods"] <= max(3, 0.05 * periods), last  # the stated bound: 5% of control periods
+        assert last["latency_ms_p99"] < 30.0, last
     finally:
         probe.close()
         stop_node(policy)

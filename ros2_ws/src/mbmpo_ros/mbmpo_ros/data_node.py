@@ -10,6 +10,7 @@ write failure later stops recording (logged once) without touching what is alrea
 from __future__ import annotations
 
 import json
+import time
 
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -96,11 +97,18 @@ class DataNode(Node):
         self.status_pub.publish(String(data=json.dumps(status)))
 
     def close(self) -> None:
+        """Take what is still queued, flush it to the bag, and log the final counters."""
+        end, count, quiet_since = time.monotonic() + 3.0, -1, time.monotonic()
+        while self.executor is not None and time.monotonic() < end:  # drain the subscription queue
+            self.executor.spin_once(timeout_sec=0.05)
+            if self.accepted != count:
+                count, quiet_since = self.accepted, time.monotonic()
+            elif time.monotonic() - quiet_since > 0.3:
+                break
         if not self.failed:
-            try:
-                self.flush()
-            except Exception:  # shutting down: never raise from here
-                pass
+            self.flush()
+        print("data_node final " + json.dumps({"accepted": self.accepted, "durable": self.writer.message_count,
+                                               "rejected": dict(self.validator.rejected)}), flush=True)
 
 
 def main() -> None:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.duration import Duration
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import JointState
@@ -287,8 +288,9 @@ class PolicyNode(Node):
 
 
     def close(self) -> None:
-        """Log the final counters (what a test or an operator compares with the bag)."""
-        print("policy_node final " + json.dumps(self.counts), flush=True)
+        """Wait (up to 5 s) until the data node has every transition, then log the final counters."""
+        acked = self.tr_pub.wait_for_all_acked(Duration(seconds=5.0))
+        print("policy_node final " + json.dumps({**self.counts, "all_acked": acked}), flush=True)
 
 
 def main() -> None:
