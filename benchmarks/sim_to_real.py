@@ -33,7 +33,7 @@ def main() -> None:
     args = parser.parse_args()
     task = get_task(args.task)
     rows = []
-    print(f"| dynamics | return before adaptation | after one step | change | KL(pre||post) |")
+    print("| dynamics | return before adaptation | after one step | change | KL(pre||post) |")
     print("|---|---|---|---|---|")
     for label, perturb in PERTURBATIONS.items():
         pre, post, kls = [], [], []

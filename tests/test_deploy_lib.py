@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mbmpo.deploy.bag import SegmentedBagWriter, interface_typestore, read_messages
+from mbmpo.deploy.bag import SegmentedBagWriter, read_messages
 from mbmpo.deploy.bringup import node_command, parse_arguments
 from mbmpo.deploy.contract import ObservationBuilder, ObservationError, joint_state_entries
 from mbmpo.deploy.graph import DEPLOY_ARGUMENTS, TRAIN_ARGUMENTS, deploy_graph, train_graph

@@ -1,7 +1,6 @@
 """ONNX export and the torch-free runtime: equal to torch, verified on load, safe on bad input."""
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -17,7 +16,6 @@ from mbmpo.meta.inner import adapt as torch_adapt
 from mbmpo.meta.returns import advantages as torch_advantages
 from mbmpo.policy.gaussian import mean_action, select
 from mbmpo.runtime import AdaptationRefused, BundleError, load
-from mbmpo.runtime.advantages import advantages as np_advantages
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "tests" / "configs" / "tiny.yaml"

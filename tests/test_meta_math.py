@@ -3,10 +3,10 @@
 import torch
 
 from mbmpo.config import MetaConfig
-from mbmpo.meta.inner import adapt, vpg_loss
+from mbmpo.meta.inner import adapt
 from mbmpo.meta.outer import MetaBatch, _old_post_policy, _surrogate_and_kl, trpo_step
 from mbmpo.meta.trpo import conjugate_gradient
-from mbmpo.policy.gaussian import init_params, log_prob, select
+from mbmpo.policy.gaussian import init_params, log_prob
 from mbmpo.types import Trajectories
 
 

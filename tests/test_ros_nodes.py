@@ -1,7 +1,6 @@
 """Each node alone, over real DDS on loopback: topics, parameters, error paths."""
 
 import json
-import signal
 import time
 from pathlib import Path
 

@@ -7,10 +7,13 @@ import importlib.util
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import onnxruntime as ort
+
+if TYPE_CHECKING:
+    from mbmpo.runtime.policy import Policy
 
 FORMAT = "mbmpo-bundle/1"
 FILES = ("policy.onnx", "adapt.onnx", "params.npz", "reward.py")

@@ -13,7 +13,6 @@ import dataclasses
 import json
 import shutil
 import threading
-import time
 from pathlib import Path
 
 import rclpy
