@@ -95,7 +95,7 @@ def test_trpo_step_respects_kl_bound_and_improves_surrogate() -> None:
     assert stats.loss_after < stats.loss_before
     old = _old_post_policy(params, batch0, cfg.inner_lr)
     loss, kl, _ = _surrogate_and_kl(new, batch0, cfg.inner_lr, False, old)
-    assert float(kl) <= cfg.max_kl and float(loss) < stats.loss_before
+    assert float(kl.detach()) <= cfg.max_kl and float(loss.detach()) < stats.loss_before
     assert any(not torch.equal(new[k], params[k]) for k in params)
 
 
