@@ -101,3 +101,15 @@ def test_buffer_rejects_bad_episodes_without_losing_data() -> None:
     with pytest.raises(ValueError, match="buffer expects"):
         buf.add_episodes([_episode(5, d=4)])
     assert len(buf) == 5
+
+
+def test_frozen_weights_give_the_same_predictions_and_are_released() -> None:
+    ens = DynamicsEnsemble(4, 2, CFG)
+    obs, act = torch.randn(3, 5, 4), torch.randn(3, 5, 2)
+    expected = ens.predict(obs, act)
+    with ens.frozen_weights():
+        assert torch.equal(ens.predict(obs, act), expected)
+    assert all(layer.cached is None for layer in ens.layers)
+    with torch.no_grad():
+        ens.layers[0].g.mul_(2.0)
+    assert not torch.equal(ens.predict(obs, act), expected)  # training sees live weights again

@@ -6,7 +6,9 @@ Layers use weight normalisation: W[e, :, j] = g[e, j] * v[e, :, j] / ||v[e, :, j
 
 from __future__ import annotations
 
+import contextlib
 import math
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -29,8 +31,11 @@ class EnsembleLinear(nn.Module):
         self.v = nn.Parameter(v)
         self.g = nn.Parameter(v.norm(dim=1, keepdim=True)) if weight_norm else None
         self.b = nn.Parameter(torch.zeros(members, 1, n_out))
+        self.cached: Tensor | None = None  # the normalised weight, set only while weights are frozen
 
     def weight(self) -> Tensor:
+        if self.cached is not None:
+            return self.cached
         if self.g is None:
             return self.v
         return self.v * (self.g / self.v.norm(dim=1, keepdim=True).clamp_min(1e-12))
@@ -71,6 +76,19 @@ class DynamicsEnsemble(nn.Module):
     def normalized_io(self, obs: Tensor, act: Tensor, next_obs: Tensor) -> tuple[Tensor, Tensor]:
         """Network inputs and targets for raw transitions (any leading shape)."""
         return self.in_norm.normalize(torch.cat([obs, act], -1)), self.out_norm.normalize(next_obs - obs)
+
+    @contextlib.contextmanager
+    def frozen_weights(self) -> Iterator[None]:
+        """Compute the weight-normalised weights once for many forward passes (imagination), not per pass."""
+        with torch.no_grad():
+            for layer in self.layers:
+                layer.cached = None
+                layer.cached = layer.weight()
+        try:
+            yield
+        finally:
+            for layer in self.layers:
+                layer.cached = None
 
     @torch.no_grad()
     def predict(self, obs: Tensor, act: Tensor) -> Tensor:

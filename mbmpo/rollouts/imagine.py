@@ -35,20 +35,21 @@ def imagine(ensemble: DynamicsEnsemble, params: Params, start_obs: Tensor, horiz
     act_buf = torch.zeros(n_tasks, n_traj, horizon, task.act_dim)
     rew_buf = torch.zeros(n_tasks, n_traj, horizon)
     mask_buf = torch.zeros(n_tasks, n_traj, horizon)
-    for t in range(horizon):
-        act, _ = sample(params, obs, generator)
-        applied = torch.maximum(torch.minimum(act, high), low)
-        nxt = ensemble.predict(obs.reshape(members, -1, obs_dim), applied.reshape(members, -1, task.act_dim))
-        nxt = nxt.reshape(n_tasks, n_traj, obs_dim)
-        finite = torch.isfinite(nxt).all(-1)
-        nxt = torch.nan_to_num(nxt, nan=0.0).clamp(-clip_obs, clip_obs)
-        rew = task.reward(obs, applied, nxt).to(obs.dtype)
-        done = task.terminated(obs, applied, nxt) | ~finite
-        obs_buf[:, :, t], act_buf[:, :, t] = obs, act
-        rew_buf[:, :, t] = torch.where(alive, rew, torch.zeros_like(rew))
-        mask_buf[:, :, t] = alive.to(obs.dtype)
-        alive = alive & ~done
-        if not alive.any():
-            break
-        obs = nxt
+    with ensemble.frozen_weights():  # weight normalisation once per pass, not once per step
+        for t in range(horizon):
+            act, _ = sample(params, obs, generator)
+            applied = torch.maximum(torch.minimum(act, high), low)
+            nxt = ensemble.predict(obs.reshape(members, -1, obs_dim), applied.reshape(members, -1, task.act_dim))
+            nxt = nxt.reshape(n_tasks, n_traj, obs_dim)
+            finite = torch.isfinite(nxt).all(-1)
+            nxt = torch.nan_to_num(nxt, nan=0.0).clamp(-clip_obs, clip_obs)
+            rew = task.reward(obs, applied, nxt).to(obs.dtype)
+            done = task.terminated(obs, applied, nxt) | ~finite
+            obs_buf[:, :, t], act_buf[:, :, t] = obs, act
+            rew_buf[:, :, t] = torch.where(alive, rew, torch.zeros_like(rew))
+            mask_buf[:, :, t] = alive.to(obs.dtype)
+            alive = alive & ~done
+            if not alive.any():
+                break
+            obs = nxt
     return Trajectories(obs=obs_buf, act=act_buf, rew=rew_buf, mask=mask_buf)
