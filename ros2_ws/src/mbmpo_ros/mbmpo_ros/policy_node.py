@@ -62,7 +62,7 @@ class PolicyNode(Node):
         self.policy: Policy | None = None  # what acts now
         self.pending: Policy | None = None  # swapped in at the next episode boundary
         self.period = period
-        self.counts = {"transitions": 0, "episodes": 0, "missed_periods": 0, "bad_states": 0,
+        self.counts = {"transitions": 0, "episodes": 0, "ticks": 0, "missed_periods": 0, "bad_states": 0,
                        "bundles_loaded": 0, "bundles_refused": 0, "adaptations": 0, "adaptations_refused": 0}
         self.latencies: list[float] = []
         self.returns: dict[str, list[float]] = {}
@@ -189,7 +189,10 @@ class PolicyNode(Node):
             self.control(obs, now)
 
     def on_tick(self) -> None:
+        """Timer control: act on the newest fresh state. A tick later than 1.5 periods counts the periods it
+        missed (`ticks` is the denominator for the miss rate)."""
         now = time.monotonic()
+        self.counts["ticks"] += 1
         if self.last_tick is not None:
             late = (now - self.last_tick) / self.period - 1.0
             if late > 0.5:
