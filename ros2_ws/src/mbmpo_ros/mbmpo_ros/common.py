@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import signal
 import sys
+from pathlib import Path
 from typing import Any, Callable
 
 import rclpy
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
+from rclpy.exceptions import ParameterException
 from rclpy.node import Node
 from rclpy.signals import SignalHandlerOptions
+
+from mbmpo.errors import UserError
+
+# what a user can fix: bad parameter values or types, unknown tasks, malformed YAML
+CONFIGURATION_ERRORS = (ValueError, UserError, ParameterException)
 
 
 def declare(node: Node, name: str, default: Any, description: str) -> Any:
@@ -23,13 +30,19 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 
 def run_node(factory: Callable[[], Node], threads: int = 2) -> None:
-    """rclpy.init, spin, and the Jazzy try/finally shutdown; configuration errors exit with one line.
+    """rclpy.init, spin, and the Jazzy try/finally shutdown; configuration errors (bad parameters, a
+    malformed parameter file, an unknown task) print one line and exit 2, never a traceback.
 
     rclpy's own signal handlers are off: SIGINT/SIGTERM raise KeyboardInterrupt in the spinning thread,
     so `node.close()` runs while the context is still valid (the policy node waits there until the data
     node has acknowledged every transition; the data node flushes its bag).
     """
-    rclpy.init(args=sys.argv, signal_handler_options=SignalHandlerOptions.NO)
+    name = Path(getattr(sys.modules.get(factory.__module__), "__file__", None) or "node").stem  # data_node, ...
+    try:
+        rclpy.init(args=sys.argv, signal_handler_options=SignalHandlerOptions.NO)
+    except RuntimeError as err:  # rcl's own argument parsing: e.g. a --params-file that is not YAML
+        print(f"{name}: error: {str(err).split(', at ')[0]}", file=sys.stderr)
+        sys.exit(2)
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
     node = None
@@ -40,8 +53,8 @@ def run_node(factory: Callable[[], Node], threads: int = 2) -> None:
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
-    except ValueError as err:  # bad parameters: say what is wrong and exit non-zero
-        print(f"{getattr(node, 'get_name', lambda: 'node')()}: error: {err}", file=sys.stderr)
+    except CONFIGURATION_ERRORS as err:  # say what is wrong and exit non-zero
+        print(f"{name}: error: {err}", file=sys.stderr)
         sys.exit(2)
     finally:
         if node is not None:
