@@ -3,13 +3,18 @@
 `SegmentedBagWriter` writes each flush interval as its own MCAP file (rosbags' writer, in a scratch
 folder) and, when the interval ends, moves the closed file into the bag and rewrites `metadata.yaml`
 atomically. A crash therefore loses at most the open segment; every listed file is complete, and
-`ros2 bag` and `rosbags` read the bag as one. Reopening the same folder appends new segments.
+`ros2 bag` and `rosbags` read the bag as one. Reopening the same folder appends new segments. A write
+that fails (disk full, folder gone read-only) raises `OSError` and leaves the listed segments and
+`metadata.yaml` as they were.
 """
 
 from __future__ import annotations
 
+import copy
+import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -41,6 +46,8 @@ class SegmentedBagWriter:
         self.bag_dir, self.topic, self.msgtype = Path(bag_dir), topic, msgtype
         self.typestore = typestore or interface_typestore()
         self.bag_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=self.bag_dir):  # unwritable (read-only, no permission): fail now
+            pass
         self.scratch = self.bag_dir / ".open_segment"
         shutil.rmtree(self.scratch, ignore_errors=True)  # a segment a crash left open is incomplete
         self.info = self._read_metadata()
@@ -84,15 +91,26 @@ class SegmentedBagWriter:
             return None
         self.writer.close()
         seg_info = yaml.safe_load((self.scratch / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
-        name = f"segment_{len(self.info['relative_file_paths']):06d}.mcap"
-        (self.scratch / seg_info["relative_file_paths"][0]).replace(self.bag_dir / name)
+        name = self._next_name()
+        closed = self.scratch / seg_info["relative_file_paths"][0]
+        with closed.open("rb") as f:  # on disk before the metadata lists it (power loss, not just a crash)
+            os.fsync(f.fileno())
+        closed.replace(self.bag_dir / name)
         shutil.rmtree(self.scratch, ignore_errors=True)
         self._add_segment(name, seg_info)
         self.writer, self.pending = None, 0
         return name
 
+    def _next_name(self) -> str:
+        """The next free segment name: never overwrites a file a failed metadata write left unlisted."""
+        index = len(self.info["relative_file_paths"])
+        while (self.bag_dir / f"segment_{index:06d}.mcap").exists():
+            index += 1
+        return f"segment_{index:06d}.mcap"
+
     def _add_segment(self, name: str, seg: dict[str, Any]) -> None:
-        info = self.info
+        """List a closed segment: the new metadata is written atomically, then (only then) kept in memory."""
+        info = copy.deepcopy(self.info)
         entry = seg["files"][0]
         entry["path"] = name
         info["relative_file_paths"].append(name)
@@ -113,8 +131,16 @@ class SegmentedBagWriter:
             else:
                 info["topics_with_message_count"].append(topic)
         tmp = self.bag_dir / "metadata.yaml.tmp"
-        tmp.write_text(yaml.safe_dump({"rosbag2_bagfile_information": info}, sort_keys=False))
+        try:
+            with tmp.open("w") as f:
+                f.write(yaml.safe_dump({"rosbag2_bagfile_information": info}, sort_keys=False))
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            raise
         tmp.replace(self.bag_dir / "metadata.yaml")
+        self.info = info
 
     def close(self) -> None:
         self.flush()

@@ -3,8 +3,9 @@
 In: `transitions` (mbmpo_interfaces/Transition). Out: `~/segments` (std_msgs/String, JSON
 {"bag", "segment", "count", "total"} each time a segment is closed, which tells the trainer what is new),
 `~/status` (JSON counters). Malformed transitions are rejected with a logged, counted reason. A crash
-loses at most the last `flush_period` seconds. An unwritable bag folder is a clear error at start; a
-write failure later stops recording (logged once) without touching what is already on disk.
+loses at most the last `flush_period` seconds. An unwritable bag folder is a clear error at start (exit
+2); a write failure later (disk full) stops recording, logged once, and the node keeps running and
+reporting (`error`, `lost` in the status) without touching what is already on disk: no crash loop.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class DataNode(Node):
         self.validator = TransitionValidator(obs_dim, act_dim)
         self.bag_dir = bag_dir
         self.accepted = 0
+        self.lost = 0  # accepted but never made durable: the open segment at a write failure, and after it
         self.failed: str | None = None
         self.seg_pub = self.create_publisher(String, "~/segments", QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
         self.status_pub = self.create_publisher(String, "~/status", 10)
@@ -58,19 +60,21 @@ class DataNode(Node):
         self.get_logger().info(f"recording into {bag_dir} ({self.writer.message_count} transitions already there)")
 
     def on_transition(self, msg: Transition) -> None:
-        if self.failed:
-            return
+        """Validate, then append to the open segment; accepted = durable + pending + lost at all times."""
         record = TransitionRecord.from_msg(msg)
         reason = self.validator.check(record)
         if reason is not None:
             self.get_logger().warning(f"transition rejected ({reason})", throttle_duration_sec=1.0)
             return
+        self.accepted += 1
+        if self.failed:
+            self.lost += 1
+            return
         try:
             self.writer.write(serialize_message(msg), record.stamp_ns)
         except OSError as err:
+            self.lost += 1
             self.stop_recording(err)
-            return
-        self.accepted += 1
 
     def flush(self) -> None:
         if self.failed:
@@ -86,14 +90,19 @@ class DataNode(Node):
             self.seg_pub.publish(String(data=json.dumps(info)))
 
     def stop_recording(self, err: OSError) -> None:
+        """A write failed: stop recording for good (no retry loop on a full disk); what is listed stays."""
         self.failed = f"{err.strerror or err}"
+        self.lost += self.writer.pending
         self.get_logger().error(f"recording stopped: cannot write to {self.bag_dir}: {self.failed}; "
-                                f"{self.writer.message_count} transitions already on disk are intact")
+                                f"{self.writer.message_count} transitions already on disk are intact, "
+                                f"{self.writer.pending} in the open segment are lost; free space and restart "
+                                f"the node to append")
 
     def publish_status(self) -> None:
-        status = {"accepted": self.accepted, "durable": self.writer.message_count, "pending": self.writer.pending,
+        status = {"accepted": self.accepted, "durable": self.writer.message_count,
+                  "pending": 0 if self.failed else self.writer.pending,
                   "rejected": dict(self.validator.rejected), "segments": len(self.writer.segments),
-                  "error": self.failed}
+                  "lost": self.lost, "error": self.failed}
         self.status_pub.publish(String(data=json.dumps(status)))
 
     def close(self) -> None:
@@ -108,7 +117,8 @@ class DataNode(Node):
         if not self.failed:
             self.flush()
         print("data_node final " + json.dumps({"accepted": self.accepted, "durable": self.writer.message_count,
-                                               "rejected": dict(self.validator.rejected)}), flush=True)
+                                               "rejected": dict(self.validator.rejected), "lost": self.lost,
+                                               "error": self.failed}), flush=True)
 
 
 def main() -> None:
