@@ -3,8 +3,10 @@
 In: `data_node/segments` (std_msgs/String JSON, a closed bag segment). Out: `policy_bundle`
 (mbmpo_interfaces/PolicyBundle, reliable + transient-local, so a policy node that starts later still
 gets the latest), `~/status`. Training runs in a worker thread, never in an executor callback; the bag
-is the source of truth, so a restarted trainer resumes from its checkpoint and reads every segment it
-had not consumed. Writes OUT/progress.csv, OUT/learning_curve.png, OUT/policy/ (latest bundle).
+is the source of truth: a notice only says "look again", and only segments listed in the bag's metadata
+are read. A restarted trainer resumes from its checkpoint and data, and `mbmpo.deploy.intake` makes it
+read every transition it had not trained on, exactly once (OUT/intake.json). Writes OUT/progress.csv,
+OUT/learning_curve.png, OUT/policy/ (latest bundle).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from std_msgs.msg import String
 
 from mbmpo.config import Config, default_config_path, load_config
 from mbmpo.deploy.bag import read_messages
+from mbmpo.deploy.intake import Intake
 from mbmpo.deploy.transitions import TransitionRecord, assemble_episodes
 from mbmpo.export.bundle import export_policy, sha256
 from mbmpo.policy.gaussian import stack_params
@@ -33,7 +36,7 @@ from mbmpo.train.trainer import CHECKPOINT, Trainer
 from mbmpo_interfaces.msg import BundleFile, PolicyBundle
 from mbmpo_ros.common import declare, run_node
 
-CONSUMED = "segments_consumed.json"
+INTAKE = "intake.json"
 BUNDLE_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
@@ -56,9 +59,7 @@ class TrainerNode(Node):
         self.trainer = Trainer(self.task, cfg, self.out, seed, resume=resume)
         self.cfg = self.trainer.cfg
         self.episodes_per_iteration = self.trainer.n_tasks * self.cfg.collect.rollouts_per_task
-        self.consumed: list[str] = self._read_consumed()
-        self.records: list[TransitionRecord] = []
-        self.pending_segments: list[str] = []
+        self.intake = Intake(self.out / INTAKE, self.trainer.buffer.total_steps)
         self.lock = threading.Lock()
         self.wake = threading.Event()
         self.stopping = False
@@ -77,61 +78,48 @@ class TrainerNode(Node):
                                f"episodes per iteration, {self.trainer.buffer.total_steps} steps already used")
 
     # ---- data intake (executor thread: cheap only) ------------------------------------------------
-    def _read_consumed(self) -> list[str]:
-        path = self.out / CONSUMED
-        return json.loads(path.read_text()) if path.is_file() else []
-
-    def _write_consumed(self) -> None:
-        tmp = self.out / (CONSUMED + ".tmp")
-        tmp.write_text(json.dumps(self.consumed))
-        tmp.replace(self.out / CONSUMED)
-
     def catch_up(self) -> None:
-        """Read every closed segment of the bag not yet consumed (after a restart)."""
+        """Read every segment the bag's metadata lists that has not been read yet (at start, after a
+        restart, and on each notice: a notice names nothing that is trusted, not even a file name)."""
         meta = self.bag_dir / "metadata.yaml"
-        if meta.is_file():
-            info = yaml.safe_load(meta.read_text())["rosbag2_bagfile_information"]
-            self.ingest([s for s in info["relative_file_paths"] if s not in self.consumed])
-
-    def on_segment(self, msg: String) -> None:
-        try:
-            segment = json.loads(msg.data)["segment"]
-        except (ValueError, KeyError, TypeError):
-            self.get_logger().warning(f"malformed segment notice {msg.data[:80]!r}")
+        if not meta.is_file():
             return
-        if segment not in self.consumed:
-            self.ingest([segment])
-
-    def ingest(self, segments: list[str]) -> None:
-        new = []
-        for segment in segments:
+        try:
+            listed = yaml.safe_load(meta.read_text())["rosbag2_bagfile_information"]["relative_file_paths"]
+        except (OSError, yaml.YAMLError, KeyError, TypeError) as err:
+            self.get_logger().error(f"cannot read {meta}: {err}")
+            return
+        with self.lock:
+            new = [s for s in listed if not self.intake.known(s)]
+        for segment in new:
             try:
-                new += [TransitionRecord.from_msg(m) for _, m in read_messages(self.bag_dir, [segment])]
+                records = [TransitionRecord.from_msg(m) for _, m in read_messages(self.bag_dir, [segment])]
             except Exception as err:  # an unreadable file must not stop training on the rest
                 self.get_logger().error(f"cannot read {self.bag_dir / segment}: {err}")
                 continue
-        with self.lock:
-            self.records += new
-            self.pending_segments += segments
+            with self.lock:
+                self.intake.add(segment, records)
         self.wake.set()
+
+    def on_segment(self, msg: String) -> None:
+        try:
+            json.loads(msg.data)["segment"]
+        except (ValueError, KeyError, TypeError):
+            self.get_logger().warning(f"malformed segment notice {msg.data[:80]!r}", throttle_duration_sec=1.0)
+            return
+        self.catch_up()
 
     # ---- training (worker thread) -----------------------------------------------------------------
     def take_episodes(self) -> list | None:
-        """Complete episodes, once enough for the next iteration have arrived; None otherwise."""
+        """Complete episodes, once enough for the next iteration have arrived; None otherwise. What is
+        taken is recorded (OUT/intake.json) before the trainer saves it: see `mbmpo.deploy.intake`."""
+        first = self.trainer.state.adapted is None or self.trainer.buffer.total_steps == 0
         with self.lock:
-            if not self.records:
+            ready = self.intake.take(min_transitions=self.cfg.collect.initial_random_steps if first else 0,
+                                     min_episodes=0 if first else self.episodes_per_iteration)
+            if ready is None:
                 return None
-            latest = max(r.episode_id for r in self.records)
-            done_ids = {r.episode_id for r in self.records if r.terminated or r.truncated or r.episode_id < latest}
-            ready = [r for r in self.records if r.episode_id in done_ids]
-            first = self.trainer.state.adapted is None or self.trainer.buffer.total_steps == 0
-            enough = (len(ready) >= self.cfg.collect.initial_random_steps) if first else (
-                len(done_ids) >= self.episodes_per_iteration)
-            if not enough:
-                return None
-            self.records = [r for r in self.records if r.episode_id not in done_ids]
-            self.consumed += self.pending_segments
-            self.pending_segments = []
+            self.intake.commit(ready, self.trainer.buffer.total_steps + len(ready))
         return assemble_episodes(ready)
 
     def loop(self) -> None:
@@ -142,7 +130,6 @@ class TrainerNode(Node):
             if not episodes:
                 continue
             row = self.trainer.iterate(episodes)
-            self._write_consumed()
             self.last_row = row
             self.publish_bundle()
             plot_learning_curve(self.out, f"MB-MPO (ROS) on {self.task.name}")
@@ -182,7 +169,7 @@ class TrainerNode(Node):
 
     def publish_status(self) -> None:
         with self.lock:
-            waiting = len(self.records)
+            waiting = self.intake.waiting()
         status = {"iteration": self.trainer.state.iteration, "real_steps": self.trainer.buffer.total_steps,
                   "waiting_transitions": waiting, "done": self.done, "last": self.last_row}
         self.status_pub.publish(String(data=json.dumps(status, default=str)))
