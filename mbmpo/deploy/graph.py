@@ -81,7 +81,8 @@ def train_graph(args: dict[str, str]) -> list[NodeSpec]:
     lockstep = a["sim"] == "mujoco" and a["sim_mode"] == "lockstep"
     return _sim(a) + [
         NodeSpec("policy_node", "policy_node",
-                 {"mode": "explore", "bundle": "", "lockstep": lockstep, "reset_service": a["reset_service"]},
+                 {"mode": "explore", "bundle": "", "task": a["task"], "lockstep": lockstep,
+                  "reset_service": a["reset_service"]},
                  _robot_io(a)),
         NodeSpec("data_node", "data_node", {"task": a["task"], "bag_dir": f"{out}/bag"}),
         NodeSpec("trainer_node", "trainer_node",

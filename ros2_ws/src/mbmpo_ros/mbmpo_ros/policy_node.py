@@ -30,6 +30,7 @@ from std_srvs.srv import Trigger
 
 from mbmpo.deploy.contract import ObservationBuilder, ObservationError
 from mbmpo.deploy.safety import ActionGuard, Mode, Watchdog
+from mbmpo.deploy.trust import CodeAllowlist, task_code_digest
 from mbmpo.runtime import AdaptationRefused, BundleError, Policy, load
 from mbmpo_interfaces.msg import PolicyBundle, Transition
 from mbmpo_ros.common import declare, run_node
@@ -52,6 +53,8 @@ class PolicyNode(Node):
         self.adapt_max_kl = declare(self, "adapt_max_kl", 0.0, "deploy: KL bound; 0 takes the bundle's")
         self.deterministic = declare(self, "deterministic", False, "act with the mean action")
         reset_service = declare(self, "reset_service", "sim_node/reset", "std_srvs/Trigger between episodes")
+        task = declare(self, "task", "", "task whose reward code received bundles may carry ('' = only the "
+                       "start bundle's reward.py)")
         self.bundle_root = Path(declare(self, "bundle_dir", "", "where received bundles are unpacked") or
                                 tempfile.mkdtemp(prefix="mbmpo_policy_"))
         if self.mode_name not in ("explore", "deploy"):
@@ -66,7 +69,9 @@ class PolicyNode(Node):
                        "bundles_loaded": 0, "bundles_refused": 0, "adaptations": 0, "adaptations_refused": 0}
         self.latencies: list[float] = []
         self.returns: dict[str, list[float]] = {}
-        self.episode_id, self.step, self.episode_return = 0, 0, 0.0
+        # episode ids unique across restarts (microseconds at start): a restarted node's episodes are new
+        # episodes to the data node and the trainer, not repeats of the old ones
+        self.episode_id, self.step, self.episode_return = time.time_ns() // 1000, 0, 0.0
         self.explore_index = 0
         self.prev: tuple[np.ndarray, np.ndarray] | None = None
         self.fresh: list[tuple[np.ndarray, np.ndarray]] = []  # deploy: meta-policy episodes for adaptation
@@ -91,11 +96,15 @@ class PolicyNode(Node):
         self.create_timer(1.0, self.publish_status)
         self.control_group = control
         self.timers_started = False
+        self.trusted = CodeAllowlist()  # the reward code received bundles may run: only what the user named
+        if task:
+            self.trusted.allow(task_code_digest(task), f"task {task}")
         if bundle:
             try:
                 self.install(load(bundle))
             except BundleError as err:
                 raise ValueError(str(err)) from None
+            self.trusted.allow(self.base.manifest["files"]["reward.py"], f"bundle {bundle}")
         self.get_logger().info(f"mode {self.mode_name}, {'lockstep' if self.lockstep else 'timer'} control")
 
     # ---- bundles and policies ---------------------------------------------------------------------
@@ -141,6 +150,7 @@ class PolicyNode(Node):
                     raise BundleError(f"file name {f.name!r} is not allowed")
                 (folder / f.name).write_bytes(bytes(f.data))
             (folder / "manifest.json").write_text(msg.manifest_json)
+            self.trusted.check(folder)  # before load() imports reward.py
             meta = load(folder)
             if self.base is not None and meta.manifest["obs_names"] != self.base.manifest["obs_names"]:
                 raise BundleError("observation layout differs from the running policy's")
@@ -176,6 +186,10 @@ class PolicyNode(Node):
         stamp = (msg.header.stamp.sec, msg.header.stamp.nanosec)
         if stamp == self.last_stamp or self.builder is None:
             return  # a re-sent state already used, or no policy yet
+        if self.last_stamp is not None and stamp < self.last_stamp:  # late or replayed: never act on the past
+            self.counts["bad_states"] += 1
+            self.get_logger().warning("state rejected: stamped before the last state used", throttle_duration_sec=1.0)
+            return
         try:
             obs = self.builder.build(msg.name, msg.position, msg.velocity)
         except ObservationError as err:
