@@ -18,10 +18,12 @@ class ObservationError(ValueError):
 
 
 class ObservationBuilder:
-    """JointState fields (names, positions, velocities) -> observation vector D, by the contract's names."""
+    """JointState fields (names, positions, velocities) -> observation vector D, by the contract's names.
+    Values beyond `max_abs` (a broken encoder, a unit mix-up) are refused like non-finite ones."""
 
-    def __init__(self, obs_names: Sequence[str]):
+    def __init__(self, obs_names: Sequence[str], max_abs: float = 1e6):
         self.obs_names = list(obs_names)
+        self.max_abs = max_abs
         self.fields: list[tuple[str, str]] = []
         for name in self.obs_names:
             kind, sep, coordinate = name.partition(":")
@@ -37,7 +39,7 @@ class ObservationBuilder:
         if len(set(names)) != len(names):
             raise ObservationError("JointState repeats joint names")
         index = {n: i for i, n in enumerate(names)}
-        obs = np.empty(len(self.fields), np.float32)
+        obs = np.empty(len(self.fields), np.float64)
         for j, (kind, coordinate) in enumerate(self.fields):
             i = index.get(coordinate)
             if i is None:
@@ -48,7 +50,10 @@ class ObservationBuilder:
         if not np.isfinite(obs).all():
             bad = [self.obs_names[j] for j in np.flatnonzero(~np.isfinite(obs))]
             raise ObservationError(f"non-finite values for {bad[:5]}")
-        return obs
+        if np.abs(obs).max(initial=0.0) > self.max_abs:
+            j = int(np.abs(obs).argmax())
+            raise ObservationError(f"'{self.obs_names[j]}' is {obs[j]:.3g}, beyond the plausible {self.max_abs:g}")
+        return obs.astype(np.float32)
 
 
 def joint_state_entries(qpos_names: Sequence[str], qvel_names: Sequence[str], qpos: np.ndarray,

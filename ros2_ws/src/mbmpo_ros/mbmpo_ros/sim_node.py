@@ -1,7 +1,8 @@
 """sim_node: a MuJoCo robot that looks like a ros2_control robot.
 
 Publishes `joint_states` (sensor_msgs/JointState, every coordinate by name), takes `commands`
-(std_msgs/Float64MultiArray, one value per actuator), resets on `~/reset` (std_srvs/Trigger).
+(std_msgs/Float64MultiArray, one value per actuator), resets on `~/reset` (std_srvs/Trigger), reports
+`~/status` (std_msgs/String JSON: counters and `safe`, once a second and at once when `safe` changes).
 Timing: `lockstep` steps once per command; `realtime` / `fast` step on a timer at the control period
 (divided by `speedup`), applying the latest command, or the safe command (zeros) when commands are
 older than `watchdog_timeout`. Perturbations emulate the reality gap.
@@ -10,11 +11,12 @@ older than `watchdog_timeout`. Perturbations emulate the reality gap.
 from __future__ import annotations
 
 import collections
+import json
 import time
 
 import numpy as np
 from sensor_msgs.msg import JointState
-from std_msgs.msg import Float64MultiArray
+from std_msgs.msg import Float64MultiArray, String
 from std_srvs.srv import Trigger
 
 from mbmpo.deploy.contract import joint_state_entries
@@ -50,7 +52,10 @@ class SimNode(Node):
         self.last_command_time = -np.inf
         self.steps = self.resets = self.safe_steps = self.bad_commands = 0
         self.last_msg: JointState | None = None
+        self.holding_safe = False  # the watchdog is applying the safe command
         self.pub = self.create_publisher(JointState, "joint_states", 10)
+        self.status_pub = self.create_publisher(String, "~/status", 10)
+        self.create_timer(1.0, self.publish_status)
         self.create_subscription(Float64MultiArray, "commands", self.on_command, 10)
         self.create_service(Trigger, "~/reset", self.on_reset)
         self.env.reset(seed=seed)
@@ -87,10 +92,21 @@ class SimNode(Node):
             self.step()
 
     def on_timer(self) -> None:
-        if time.monotonic() - self.last_command_time > self.watchdog_timeout:
-            self.command = self.safe.copy()  # commands stopped: hold the safe command
+        stale = time.monotonic() - self.last_command_time > self.watchdog_timeout
+        if stale:
+            self.command = self.safe.copy()  # commands stopped (the policy died?): hold the safe command
             self.safe_steps += 1
+        if stale != self.holding_safe:
+            self.holding_safe = stale
+            if stale:
+                self.get_logger().warning(f"no command for {self.watchdog_timeout:g} s: applying the safe command")
+            self.publish_status()
         self.step()
+
+    def publish_status(self) -> None:
+        status = {"mode": self.mode, "safe": self.holding_safe, "steps": self.steps, "safe_steps": self.safe_steps,
+                  "bad_commands": self.bad_commands, "resets": self.resets}
+        self.status_pub.publish(String(data=json.dumps(status)))
 
     def step(self) -> None:
         self.pending.append(self.command)
