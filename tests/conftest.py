@@ -2,6 +2,7 @@
 
 import os
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,3 +16,16 @@ torch.set_num_threads(1)  # small networks: one thread, and no stalls when ROS n
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def pendulum_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A bundle of a briefly trained InvertedPendulum policy (the node, fault and bad-input tests share it)."""
+    from mbmpo.cli import main as cli
+
+    tiny = Path(__file__).resolve().parent / "configs" / "tiny.yaml"
+    run = tmp_path_factory.mktemp("ros") / "run"
+    assert cli(["train", "--task", "InvertedPendulum-v5", "--steps", "60", "--out", str(run), "--config", str(tiny),
+                "--no-progress"]) == 0
+    assert cli(["export", "--run", str(run), "--out", str(run.parent / "bundle")]) == 0
+    return run.parent / "bundle"

@@ -58,6 +58,7 @@ def test_train_then_eval_json_and_resume(tmp_path: Path, capsys: pytest.CaptureF
     assert {"return_pre_mean", "return_pre_std", "return_post_mean", "return_post_std"} <= set(result)
 
 
+@pytest.mark.fault
 def test_resume_after_kill_between_collection_and_checkpoint(tmp_path: Path) -> None:
     """Data saved right after collection survives a kill before the checkpoint and is trained on."""
     from mbmpo.config import load_config
@@ -77,6 +78,7 @@ def test_resume_after_kill_between_collection_and_checkpoint(tmp_path: Path) -> 
     assert row["real_steps"] == collected and row["iteration"] == 1
 
 
+@pytest.mark.badinput
 def test_user_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
     r = _run("train", "--task", "NoSuchTask-v9", "--steps", "10", "--out", str(tmp_path / "x"))
     assert r.returncode == 2 and "unknown task 'NoSuchTask-v9'" in r.stderr

@@ -16,6 +16,7 @@ def test_every_registered_task_has_a_preset_that_loads(name: str) -> None:
     assert isinstance(load_config(path), Config)
 
 
+@pytest.mark.badinput
 def test_errors_name_the_problem(tmp_path: Path) -> None:
     f = tmp_path / "c.yaml"
     f.write_text("model:\n  hidden: [64, 64\n")

@@ -18,6 +18,7 @@ from mbmpo.deploy.transitions import TransitionRecord, TransitionValidator, asse
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.badinput
 def test_observation_by_joint_name_in_any_order() -> None:
     builder = ObservationBuilder(["qpos:slider", "qpos:hinge", "qvel:slider", "qvel:hinge"])
     obs = builder.build(["hinge", "slider"], [0.1, 0.2], [1.0, 2.0])
@@ -41,6 +42,7 @@ def test_joint_state_entries_cover_free_joints() -> None:
     np.testing.assert_allclose(builder.build(names, pos, vel), [2, 3, 4, 5, 6, 7] + list(range(10, 17)))
 
 
+@pytest.mark.fault
 def test_watchdog_and_action_guard() -> None:
     dog = Watchdog(0.1)
     assert dog.stale(0.0)
@@ -59,6 +61,7 @@ def _rec(ep: int, step: int, stamp: int, obs_dim: int = 3, value: float = 0.0, d
                             np.full(obs_dim, value + 1, np.float32), done, False, stamp)
 
 
+@pytest.mark.badinput
 def test_validator_rejects_with_reasons() -> None:
     v = TransitionValidator(3, 2)
     assert v.check(_rec(0, 0, 10)) is None
@@ -80,6 +83,7 @@ def test_assemble_episodes_orders_and_splits_at_gaps() -> None:
     assert episodes[2].terminated and not episodes[0].terminated
 
 
+@pytest.mark.fault
 def test_segmented_bag_survives_a_crash_and_reads_back(tmp_path: Path) -> None:
     from rclpy.serialization import serialize_message
 
@@ -111,6 +115,7 @@ def test_segmented_bag_survives_a_crash_and_reads_back(tmp_path: Path) -> None:
         assert reader.message_count == 6 and reader.duration == 200 - 100 + 1
 
 
+@pytest.mark.badinput
 def test_bringup_arguments_and_graph() -> None:
     graph, args = parse_arguments(["train", "sim:=none", "task:=Hopper-v5", "out:=/tmp/x", "duration:=5"])
     assert graph == "train" and args["sim"] == "none"

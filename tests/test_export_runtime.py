@@ -122,6 +122,7 @@ def test_runtime_imports_no_torch(bundle: Path) -> None:
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
 
 
+@pytest.mark.fault
 def test_corrupt_bundles_are_refused(bundle: Path, tmp_path: Path) -> None:
     b = _copy(bundle, tmp_path)
     with (b / "params.npz").open("ab") as f:
@@ -154,6 +155,7 @@ def test_corrupt_bundles_are_refused(bundle: Path, tmp_path: Path) -> None:
         load(b)
 
 
+@pytest.mark.badinput
 def test_bad_observations_raise_and_never_give_nan_actions(bundle: Path) -> None:
     policy = load(bundle)
     with pytest.raises(ValueError, match=r"shape \(16,\).*expects \(17,\)"):
@@ -165,6 +167,7 @@ def test_bad_observations_raise_and_never_give_nan_actions(bundle: Path) -> None
     assert np.isfinite(policy.act(np.full(17, 1e6))).all()  # huge but finite: clipped to the limits
 
 
+@pytest.mark.fault
 def test_adaptation_returns_new_policy_or_refuses(bundle: Path) -> None:
     policy = load(bundle)
     rng = np.random.default_rng(1)

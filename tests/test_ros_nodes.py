@@ -1,5 +1,6 @@
 """Each node alone, over real DDS on loopback: topics, parameters, error paths."""
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -13,26 +14,16 @@ from sensor_msgs.msg import JointState  # noqa: E402
 from std_msgs.msg import Float64MultiArray, String  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 
-from mbmpo.cli import main as cli  # noqa: E402
 from mbmpo.deploy.bag import read_messages  # noqa: E402
 from mbmpo_interfaces.msg import Transition  # noqa: E402
 from tests.ros_helpers import Probe, next_domain, start_node, stop_node  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = ROOT / "tests" / "configs" / "tiny.yaml"
 TINY_ROS = ROOT / "tests" / "configs" / "tiny_ros.yaml"
 RELIABLE = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
 
 
-@pytest.fixture(scope="module")
-def pendulum_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    run = tmp_path_factory.mktemp("ros") / "run"
-    assert cli(["train", "--task", "InvertedPendulum-v5", "--steps", "60", "--out", str(run), "--config", str(TINY),
-                "--no-progress"]) == 0
-    assert cli(["export", "--run", str(run), "--out", str(run.parent / "bundle")]) == 0
-    return run.parent / "bundle"
-
-
+@pytest.mark.badinput
 def test_sim_node_lockstep_commands_reset_and_bad_commands() -> None:
     domain = next_domain()
     sim = start_node("sim_node", domain, {"task": "InvertedPendulum-v5", "mode": "lockstep"})
@@ -61,6 +52,7 @@ def test_sim_node_lockstep_commands_reset_and_bad_commands() -> None:
         assert stop_node(sim) in (0, -2)
 
 
+@pytest.mark.fault
 def test_sim_node_realtime_watchdog_holds_safe_command() -> None:
     domain = next_domain()
     sim = start_node("sim_node", domain, {"task": "InvertedPendulum-v5", "mode": "realtime",
@@ -95,6 +87,8 @@ def _driver(probe: Probe, positions: list, stamp_ok: bool = True) -> JointState:
     return msg
 
 
+@pytest.mark.fault
+@pytest.mark.badinput
 def test_policy_node_acts_guards_and_falls_back_to_safe_command(pendulum_bundle: Path) -> None:
     domain = next_domain()
     node = start_node("policy_node", domain, {"bundle": str(pendulum_bundle), "mode": "deploy", "seed": 1})
@@ -133,33 +127,69 @@ def test_policy_node_acts_guards_and_falls_back_to_safe_command(pendulum_bundle:
         stop_node(node)
 
 
-def test_policy_node_refuses_a_corrupt_bundle_from_the_trainer(pendulum_bundle: Path) -> None:
+@pytest.mark.fault
+def test_policy_node_refuses_a_corrupt_bundle_from_the_trainer(pendulum_bundle: Path, tmp_path: Path) -> None:
+    """Truncated, wrong-hash, corrupt (hash matching), path-escaping and code-carrying bundles are refused and
+    logged while the old policy keeps acting; then a good one is taken (so the refusals are not blanket)."""
     from mbmpo.export.bundle import sha256
     from mbmpo_interfaces.msg import BundleFile, PolicyBundle
 
+    marker = tmp_path / "executed"
+
+    def bundle(version: str, change: dict[str, bytes] | None = None, rehash: bool = False,
+               extra: tuple[str, bytes] | None = None) -> PolicyBundle:
+        manifest = json.loads((pendulum_bundle / "manifest.json").read_text())
+        msg = PolicyBundle(policy_version=version)
+        for name in ("policy.onnx", "adapt.onnx", "params.npz", "reward.py"):
+            data = (change or {}).get(name, (pendulum_bundle / name).read_bytes())
+            if rehash:
+                manifest["files"][name] = hashlib.sha256(data).hexdigest()
+            msg.files.append(BundleFile(name=name, sha256=manifest["files"][name], data=data))
+        if extra:
+            msg.files.append(BundleFile(name=extra[0], sha256="", data=extra[1]))
+        msg.manifest_json = json.dumps(manifest)
+        return msg
+
+    npz, onnx = (pendulum_bundle / "params.npz").read_bytes(), (pendulum_bundle / "policy.onnx").read_bytes()
+    evil = (pendulum_bundle / "reward.py").read_bytes() + f"\nopen({str(marker)!r}, 'w').write('x')\n".encode()
+    bad = [bundle("truncated", {"params.npz": npz[:-10]}),  # cut in transit: the manifest's hash differs
+           bundle("wrong-hash", {"policy.onnx": onnx[:100] + bytes([onnx[100] ^ 1]) + onnx[101:]}),
+           bundle("corrupt-onnx", {"policy.onnx": b"\x08\x07garbage" * 50}, rehash=True),  # hash fits, ONNX not
+           bundle("escaping-name", extra=("../escaped.txt", b"x")),
+           bundle("code", {"reward.py": evil}, rehash=True)]  # consistent hashes, different code
     domain = next_domain()
-    node = start_node("policy_node", domain, {"bundle": str(pendulum_bundle), "mode": "explore"})
+    node = start_node("policy_node", domain, {"bundle": str(pendulum_bundle), "mode": "explore",
+                                              "bundle_dir": str(tmp_path / "received")}, log=tmp_path / "policy.log")
     probe = Probe(domain)
     try:
         status: list[dict] = []
         probe.node.create_subscription(String, "policy_node/status", lambda m: status.append(json.loads(m.data)), 10)
+        cmds: list[float] = []
+        probe.node.create_subscription(Float64MultiArray, "commands", lambda m: cmds.append(m.data[0]), 100)
+        states = probe.node.create_publisher(JointState, "joint_states", 10)
         pub = probe.node.create_publisher(PolicyBundle, "policy_bundle", QoSProfile(
             depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL))
-        msg = PolicyBundle(policy_version="tampered", manifest_json=(pendulum_bundle / "manifest.json").read_text())
-        for name in ("policy.onnx", "adapt.onnx", "params.npz", "reward.py"):
-            data = (pendulum_bundle / name).read_bytes()
-            if name == "params.npz":
-                data = data[:-10]  # truncated in transit
-            msg.files.append(BundleFile(name=name, sha256=sha256(pendulum_bundle / name), data=data))
         assert probe.spin_until(lambda: len(status) > 0, 20)
-        pub.publish(msg)
-        assert probe.spin_until(lambda: status and status[-1]["bundles_refused"] == 1, 10)
-        assert status[-1]["bundles_loaded"] == 1 and status[-1]["policy_version"].startswith("InvertedPendulum")
+        for i, msg in enumerate(bad, start=1):
+            pub.publish(msg)
+            n = len(cmds)
+            end = time.monotonic() + 10
+            while not (status[-1]["bundles_refused"] == i and len(cmds) > n + 3) and time.monotonic() < end:
+                states.publish(_driver(probe, [0.0, 0.01]))  # the robot keeps going meanwhile
+                probe.spin_for(0.04)
+            assert status[-1]["bundles_refused"] == i and len(cmds) > n + 3, (msg.policy_version, status[-1])
+            assert status[-1]["bundles_loaded"] == 1 and status[-1]["policy_version"].startswith("InvertedPendulum")
+        pub.publish(bundle("good"))
+        assert probe.spin_until(lambda: status[-1]["bundles_loaded"] == 2, 10), status[-1]
     finally:
         probe.close()
         stop_node(node)
+    log = (tmp_path / "policy.log").read_text()
+    assert all(f"bundle '{m.policy_version}' refused" in log for m in bad)
+    assert not marker.exists() and not (tmp_path / "escaped.txt").exists()
 
 
+@pytest.mark.badinput
 def test_data_node_records_valid_and_rejects_malformed(tmp_path: Path) -> None:
     domain = next_domain()
     bag = tmp_path / "bag"
@@ -185,13 +215,17 @@ def test_data_node_records_valid_and_rejects_malformed(tmp_path: Path) -> None:
         pub.publish(tr(21, obs=(0.0, 0.0, 0.0)))
         pub.publish(tr(22, action=(0.1, 0.2)))
         pub.publish(tr(5))  # repeated / out of order
+        pub.publish(tr(23, obs=(0.0, 0.0, 3e9, 0.0)))  # absurd magnitude
+        late = tr(24)
+        late.stamp.sec -= 10  # a later step stamped before the last one
+        pub.publish(late)
         assert probe.spin_until(lambda: status and status[-1]["durable"] == 20 and
-                                sum(status[-1]["rejected"].values()) == 4, 15), status[-1:]
+                                sum(status[-1]["rejected"].values()) == 6, 15), status[-1:]
     finally:
         probe.close()
         stop_node(node)
     assert [m.step for _, m in read_messages(bag)] == list(range(20))
-    assert status[-1]["rejected"] == {"non-finite": 1, "size": 2, "order": 1}
+    assert status[-1]["rejected"] == {"non-finite": 1, "size": 2, "order": 2, "magnitude": 1}
 
 
 def test_trainer_node_trains_on_recorded_segments_and_publishes_a_bundle(tmp_path: Path) -> None:
@@ -236,4 +270,4 @@ def test_trainer_node_trains_on_recorded_segments_and_publishes_a_bundle(tmp_pat
         stop_node(node)
     assert len((out / "progress.csv").read_text().splitlines()) == 2
     assert load(out / "policy").manifest["training_real_steps"] >= 150
-    assert json.loads((out / "segments_consumed.json").read_text()) == writer.segments
+    assert json.loads((out / "intake.json").read_text())["segments"] == writer.segments

@@ -51,11 +51,13 @@ def test_user_task_yaml_reward_and_termination_match_env() -> None:
     _check(str(EXAMPLE), "point_mass")
 
 
+@pytest.mark.badinput
 def test_unknown_task_is_a_user_error() -> None:
     with pytest.raises(UserError, match="unknown task 'Cheetah'.*HalfCheetah-v5"):
         get_task("Cheetah")
 
 
+@pytest.mark.badinput
 def test_broken_task_yaml_is_a_user_error(tmp_path: Path) -> None:
     bad = tmp_path / "t.yaml"
     bad.write_text("mjcf: missing.xml\nreward: fns:reward\n")
