@@ -4,7 +4,7 @@ import torch
 
 from mbmpo.config import MetaConfig
 from mbmpo.meta.inner import adapt
-from mbmpo.meta.outer import MetaBatch, _old_post_policy, _surrogate_and_kl, trpo_step
+from mbmpo.meta.outer import MetaBatch, _old_post_policy, _surrogate_and_kl, adapted_params, trpo_step
 from mbmpo.meta.trpo import conjugate_gradient
 from mbmpo.policy.gaussian import init_params, log_prob
 from mbmpo.types import Trajectories
@@ -107,3 +107,17 @@ def test_trpo_step_with_subsampled_fisher_still_respects_kl_bound() -> None:
     cfg = MetaConfig(max_kl=0.01, inner_lr=0.05, cg_subsample=0.3)
     _, stats = trpo_step(params, batch, cfg)
     assert stats.backtracks >= 0 and stats.kl <= cfg.max_kl and stats.loss_after < stats.loss_before
+
+
+def test_trpo_step_given_the_sampling_post_params_matches_recomputing_them() -> None:
+    torch.manual_seed(9)
+    params = init_params(3, 2, (16,), 1.0)
+    pre, post = _traj(2, 8, 10, 3, 2), _traj(2, 8, 10, 3, 2)
+    pre_adv = torch.randn(2, 8, 10) * pre.mask
+    cfg = MetaConfig(max_kl=0.01, inner_lr=0.05)
+    adapted = {k: v.detach() for k, v in adapted_params(params, MetaBatch(pre, pre_adv, post, post.act[..., 0]),
+                                                        cfg.inner_lr, False).items()}
+    given, _ = trpo_step(params, MetaBatch(pre, pre_adv, post, post.act[..., 0] * post.mask, adapted), cfg)
+    recomputed, _ = trpo_step(params, MetaBatch(pre, pre_adv, post, post.act[..., 0] * post.mask), cfg)
+    for k in params:
+        torch.testing.assert_close(given[k], recomputed[k], rtol=1e-6, atol=1e-7)

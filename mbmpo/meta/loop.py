@@ -44,7 +44,7 @@ def build_meta_batch(ensemble: DynamicsEnsemble, params: Params, starts: Tensor,
     post = imagine(ensemble, adapted, sample_start_states(starts, n_tasks, cfg.rollouts_per_task, generator),
                    horizon, task, cfg.clip_obs, generator)
     post_adv = advantages(post.obs, post.rew, post.mask, cfg.discount, cfg.gae_lambda, cfg.normalize_advantages)
-    return MetaBatch(pre, pre_adv, post, post_adv), adapted
+    return MetaBatch(pre, pre_adv, post, post_adv, adapted), adapted
 
 
 def meta_optimize(ensemble: DynamicsEnsemble, params: Params, starts: Tensor, task: TaskSpec, cfg: MetaConfig,

@@ -27,6 +27,7 @@ class MetaBatch:
     pre_adv: Tensor  # T x N x H
     post: Trajectories
     post_adv: Tensor  # T x N x H
+    post_params: Params | None = None  # the theta'_k that sampled `post` (detached), when the caller has them
 
 
 @dataclass(frozen=True)
@@ -44,8 +45,11 @@ def adapted_params(params: Params, batch: MetaBatch, inner_lr: float, create_gra
 
 
 def _old_post_policy(params: Params, batch: MetaBatch, inner_lr: float) -> tuple[Tensor, Tensor, Tensor]:
-    """Mean, log-std and log-prob of the post-update policies that sampled the post-update data (constants)."""
-    adapted = {k: v.detach() for k, v in adapted_params(params, batch, inner_lr, create_graph=False).items()}
+    """Mean, log-std and log-prob of the post-update policies that sampled the post-update data (constants).
+    Uses `batch.post_params` when present (the same tensors the inner step at `params` gives)."""
+    adapted = batch.post_params
+    if adapted is None:
+        adapted = {k: v.detach() for k, v in adapted_params(params, batch, inner_lr, create_graph=False).items()}
     with torch.no_grad():
         mean = mean_action(adapted, batch.post.obs)
         log_std = log_std_like(adapted, mean)
