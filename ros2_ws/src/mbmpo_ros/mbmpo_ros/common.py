@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 import rclpy
 from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
+from rclpy.executors import Executor, ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.exceptions import ParameterException
 from rclpy.node import Node
 from rclpy.signals import SignalHandlerOptions
@@ -23,6 +23,16 @@ CONFIGURATION_ERRORS = (ValueError, UserError, ParameterException)
 def declare(node: Node, name: str, default: Any, description: str) -> Any:
     """Declare a parameter with a descriptor and return its value."""
     return node.declare_parameter(name, default, ParameterDescriptor(description=description)).value
+
+
+def make_executor(kind: str, threads: int) -> Executor:
+    """`multi` (rclpy's MultiThreadedExecutor with `threads`) or `single`. (Jazzy's experimental
+    EventsExecutor was tried: it never ran the status timer and ignored SIGINT, so it is not offered.)"""
+    if kind == "single" or threads <= 1:
+        return SingleThreadedExecutor()
+    if kind == "multi":
+        return MultiThreadedExecutor(num_threads=threads)
+    raise ValueError(f"executor '{kind}' is not multi or single")
 
 
 def _interrupt(signum: int, frame: Any) -> None:
@@ -48,7 +58,7 @@ def run_node(factory: Callable[[], Node], threads: int = 2) -> None:
     node = None
     try:
         node = factory()
-        executor = MultiThreadedExecutor(num_threads=threads) if threads > 1 else SingleThreadedExecutor()
+        executor = make_executor(getattr(node, "executor_kind", "multi"), threads)
         executor.add_node(node)
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):

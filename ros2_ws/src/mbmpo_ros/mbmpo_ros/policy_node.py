@@ -51,6 +51,7 @@ class PolicyNode(Node):
         self.horizon_param = declare(self, "horizon", 0, "episode length; 0 takes the bundle's")
         self.adapt_episodes = declare(self, "adapt_episodes", 2, "deploy: episodes of fresh data per adaptation")
         self.adapt_max_kl = declare(self, "adapt_max_kl", 0.0, "deploy: KL bound; 0 takes the bundle's")
+        self.executor_kind = declare(self, "executor", "multi", "multi | single (rclpy executor)")
         self.deterministic = declare(self, "deterministic", False, "act with the mean action")
         reset_service = declare(self, "reset_service", "sim_node/reset", "std_srvs/Trigger between episodes")
         task = declare(self, "task", "", "task whose reward code received bundles may carry ('' = only the "
