@@ -269,6 +269,10 @@ def bench_iterations(rec: Recorder, s: Settings, meta_steps: int | None) -> None
         trainer.logger.close()
 
 
+HEADLINE = ("matmul_gflops", "imagination_fraction_of_peak", "imagination_model_steps_per_s",
+            "ensemble_train_fraction_of_peak", "ensemble_train_samples_per_s")  # also go to benchmarks/results.json
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny smoke version (< 30 s)")
@@ -333,6 +337,13 @@ def main(argv: list[str] | None = None) -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(rec.records, indent=1) + "\n")
         print(f"wrote {len(rec.records)} records to {args.out}")
+        if not args.quick:
+            sys.path.insert(0, str(Path(__file__).resolve().parent))
+            from results import record
+
+            for r in rec.records:
+                if r["name"] in HEADLINE:
+                    record(r["name"], r["value"], r["unit"], r["command"])
     return 0
 
 

@@ -1,0 +1,194 @@
+"""Sample efficiency side by side: MB-MPO and Stable-Baselines3 PPO on the same environment.
+
+    python benchmarks/sample_efficiency.py --task InvertedPendulum-v5 --threshold 190 --seeds 0 1 2 \
+        --mbmpo-steps 10000 --ppo-steps 300000
+    python benchmarks/sample_efficiency.py --task HalfCheetah-v5 --threshold 100 --seeds 0 \
+        --mbmpo-run runs/hc100k --ppo-steps 1000000
+
+Both learners see the same Gymnasium MuJoCo v5 environment with the paper's 200-step episodes and are scored
+the same way: the mean return of 5 deterministic evaluation episodes (not counted as training data), against
+the real environment steps used for learning so far. MB-MPO's figure is its meta-policy before adaptation
+(`return_pre`), the policy one would deploy without any adaptation. PPO runs with SB3's defaults
+(`PPO("MlpPolicy", env)`: 2,048 steps per update, 10 epochs of 64-sample minibatches, lr 3e-4, GAE 0.95).
+
+Writes `benchmarks/plots/<task>_sample_efficiency.png`, the curves as JSON beside it, and records the steps
+each needs to reach `--threshold` and their ratio (PPO / MB-MPO, medians over seeds) in benchmarks/results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results import record  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+PLOTS = ROOT / "benchmarks" / "plots"
+SHORT = {"InvertedPendulum-v5": "invpendulum", "HalfCheetah-v5": "halfcheetah", "Hopper-v5": "hopper",
+         "Walker2d-v5": "walker2d", "Ant-v5": "ant", "Swimmer-v5": "swimmer"}
+Curve = list[tuple[int, float]]  # (real steps, mean evaluation return)
+
+
+def mbmpo_curve(run: Path) -> Curve:
+    """(real_steps, return_pre) per iteration from a run's progress.csv."""
+    with open(run / "progress.csv") as f:
+        return [(int(r["real_steps"]), float(r["return_pre"])) for r in csv.DictReader(f)]
+
+
+def run_mbmpo(task: str, seed: int, steps: int, out: Path, config: Path | None, threads: int,
+              stop_at: float | None) -> Curve:
+    from mbmpo.cli import main as cli
+
+    args = ["train", "--task", task, "--steps", str(steps), "--seed", str(seed), "--out", str(out),
+            "--threads", str(threads), "--no-progress"]
+    if config:
+        args += ["--config", str(config)]
+    if stop_at is not None:
+        args += ["--target-return", str(stop_at)]
+    if cli(args) != 0:
+        raise SystemExit(f"mbmpo train failed for seed {seed}")
+    return mbmpo_curve(out)
+
+
+def evaluate(model, env, episodes: int, seed: int) -> float:
+    """Mean return of deterministic episodes of an SB3 model."""
+    returns = []
+    for i in range(episodes):
+        obs, _ = env.reset(seed=seed + i)
+        done, total = False, 0.0
+        while not done:
+            action, _ = model.predict(obs, deterministic=True)
+            obs, reward, terminated, truncated, _ = env.step(action)
+            total += float(reward)
+            done = terminated or truncated
+        returns.append(total)
+    return float(np.mean(returns))
+
+
+def run_ppo(task: str, seed: int, steps: int, horizon: int, eval_every: int, stop_at: float | None) -> Curve:
+    """SB3 PPO with its defaults; evaluated every `eval_every` steps (rounded up to whole updates)."""
+    import torch
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    from mbmpo.tasks import get_task
+
+    torch.set_num_threads(1)
+    spec = get_task(task)
+    env, eval_env = spec.make_env(horizon), spec.make_env(horizon)
+    curve: Curve = []
+
+    class Evaluate(BaseCallback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.next_eval = 0
+
+        def _on_step(self) -> bool:  # False ends learn() (once the threshold is reached, with --stop-at-threshold)
+            return not (stop_at is not None and curve and curve[-1][1] >= stop_at)
+
+        def _on_rollout_end(self) -> None:
+            if self.num_timesteps >= self.next_eval:
+                self.next_eval = self.num_timesteps + eval_every
+                curve.append((self.num_timesteps, evaluate(self.model, eval_env, 5, 10_000)))
+
+    model = PPO("MlpPolicy", env, seed=seed, device="cpu", verbose=0)
+    t0 = time.perf_counter()
+    model.learn(total_timesteps=steps, callback=Evaluate())
+    if not curve or curve[-1][0] < model.num_timesteps:
+        curve.append((model.num_timesteps, evaluate(model, eval_env, 5, 10_000)))
+    print(f"PPO seed {seed}: {curve[-1][0]} steps, return {curve[-1][1]:.1f}, {time.perf_counter() - t0:.0f} s",
+          flush=True)
+    return curve
+
+
+def steps_to(curve: Curve, threshold: float) -> int | None:
+    """Real steps at the first evaluation at or above `threshold` (None: never reached)."""
+    return next((s for s, r in curve if r >= threshold), None)
+
+
+def plot(task: str, curves: dict[str, list[Curve]], threshold: float, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for (method, runs), color in zip(curves.items(), ("tab:blue", "tab:orange")):
+        for i, curve in enumerate(runs):
+            s, r = zip(*curve)
+            ax.plot(s, r, color=color, alpha=0.85, lw=1.4, label=method if i == 0 else None)
+    ax.axhline(threshold, color="grey", ls="--", lw=1, label=f"threshold {threshold:g}")
+    ax.set_xscale("log")
+    ax.set_xlabel("real environment steps (log)")
+    ax.set_ylabel("mean evaluation return (200-step episodes)")
+    ax.set_title(f"{task}: MB-MPO vs SB3 PPO")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--task", required=True)
+    p.add_argument("--threshold", type=float, required=True, help="common return threshold")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--mbmpo-steps", type=int, default=10_000)
+    p.add_argument("--mbmpo-config", type=Path)
+    p.add_argument("--mbmpo-run", type=Path, nargs="*", default=[], help="existing run folders instead of training")
+    p.add_argument("--ppo-steps", type=int, default=300_000)
+    p.add_argument("--eval-every", type=int, default=4096, help="PPO evaluation interval in steps")
+    p.add_argument("--stop-at-threshold", action="store_true", help="stop each run once it reaches the threshold")
+    p.add_argument("--reuse-ppo", action="store_true",
+                   help="take the PPO curves from the last run's JSON (e.g. to score another threshold)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--work", type=Path, default=ROOT / "runs" / "sample_efficiency")
+    p.add_argument("--no-record", action="store_true", help="smoke runs: do not touch results.json")
+    args = p.parse_args()
+
+    stop_at = args.threshold if args.stop_at_threshold else None
+    curves: dict[str, list[Curve]] = {"MB-MPO": [], "PPO (SB3 defaults)": []}
+    if args.mbmpo_run:
+        curves["MB-MPO"] = [mbmpo_curve(run) for run in args.mbmpo_run]
+    else:
+        for seed in args.seeds:
+            out = args.work / f"{args.task}_mbmpo_s{seed}"
+            curves["MB-MPO"].append(run_mbmpo(args.task, seed, args.mbmpo_steps, out, args.mbmpo_config,
+                                              args.threads, stop_at))
+    stem = PLOTS / f"{args.task}_sample_efficiency"
+    if args.reuse_ppo:
+        curves["PPO (SB3 defaults)"] = json.loads(stem.with_suffix(".json").read_text())["curves"]["PPO (SB3 defaults)"]
+    else:
+        for seed in args.seeds:
+            curves["PPO (SB3 defaults)"].append(run_ppo(args.task, seed, args.ppo_steps, 200, args.eval_every,
+                                                        stop_at))
+    PLOTS.mkdir(parents=True, exist_ok=True)
+    plot(args.task, curves, args.threshold, stem.with_suffix(".png"))
+    reached = {m: [steps_to(c, args.threshold) for c in runs] for m, runs in curves.items()}
+    stem.with_suffix(".json").write_text(json.dumps({"threshold": args.threshold, "curves": curves,
+                                                     "steps_to_threshold": reached}, indent=1))
+    for method, steps in reached.items():
+        print(f"{method}: steps to {args.threshold:g}: {steps}")
+    mb, ppo = ([s for s in reached[m] if s is not None] for m in curves)
+    name = SHORT.get(args.task, args.task.lower())
+    if mb and ppo and not args.no_record:
+        mb_median, ppo_median = statistics.median(mb), statistics.median(ppo)
+        record(f"{name}_mbmpo_steps_to_threshold", mb_median, f"real steps to return {args.threshold:g}")
+        record(f"{name}_ppo_steps_to_threshold", ppo_median, f"real steps to return {args.threshold:g}")
+        record(f"{name}_ppo_steps_ratio", ppo_median / mb_median, "PPO steps / MB-MPO steps")
+        print(f"ratio PPO / MB-MPO (medians): {ppo_median / mb_median:.1f}x")
+    elif not (mb and ppo):
+        print("no ratio: a method never reached the threshold (nothing recorded)")
+    print(f"plot: {stem.with_suffix('.png')}")
+
+
+if __name__ == "__main__":
+    main()
