@@ -31,6 +31,7 @@ class ModelConfig:
     batch_size: int = 500  # minibatch per member
     valid_fraction: float = 0.2  # each member holds out its own random split
     max_epochs: int = 500  # per iteration; early stopping usually ends sooner
+    max_steps: int = 0  # per iteration, minibatch steps at most (0: no cap); bounds the fit as the buffer grows
     persistency: float = 0.99  # rolling-average factor of the validation loss for early stopping
     buffer_size: int = 100_000  # transitions kept (oldest dropped first)
     min_std: float = 1e-6  # floor of the standardisation std (paper: + 1e-10)
@@ -41,7 +42,8 @@ class ModelConfig:
         _check(self.activation in ACTIVATIONS, f"model.activation must be one of {ACTIVATIONS}")
         _check(0.0 < self.valid_fraction < 1.0, "model.valid_fraction must be in (0, 1)")
         _check(0.0 <= self.persistency < 1.0, "model.persistency must be in [0, 1)")
-        _check(self.batch_size >= 1 and self.max_epochs >= 0, "model.batch_size/max_epochs out of range")
+        _check(self.batch_size >= 1 and self.max_epochs >= 0 and self.max_steps >= 0,
+               "model.batch_size/max_epochs/max_steps out of range")
 
 
 @dataclass(frozen=True)

@@ -74,6 +74,17 @@ def test_fit_learns_linear_dynamics_and_stops_early() -> None:
     assert max(result.epochs) < 300  # the rolling validation loss stopped every member
 
 
+def test_fit_step_budget_caps_the_minibatch_steps() -> None:
+    torch.manual_seed(2)
+    obs, act = torch.randn(1000, 4), torch.randn(1000, 2)
+    ens = DynamicsEnsemble(4, 2, CFG)
+    opt = torch.optim.Adam(ens.parameters(), lr=CFG.lr)
+    capped = ModelConfig(ensemble_size=3, hidden=(16, 16), batch_size=50, max_epochs=25, max_steps=30)
+    result = fit_ensemble(ens, opt, obs, act, obs + 0.1, capped, torch.Generator().manual_seed(0))
+    # 800 training samples per member = 16 minibatches an epoch: 30 steps end the 2nd epoch early
+    assert result.train_samples == 30 * 50 * 3 and result.epochs == [2, 2, 2]
+
+
 def _episode(n: int, d: int = 3, a: int = 2, value: float = 0.0) -> Episode:
     return Episode(obs=np.full((n + 1, d), value, np.float32), act=np.zeros((n, a), np.float32),
                    rew=np.ones(n, np.float32), terminated=False)

@@ -61,9 +61,15 @@ def fit_ensemble(ensemble: DynamicsEnsemble, optimizer: torch.optim.Optimizer, o
     samples = 0
     params = [p for layer in ensemble.layers for p in layer.parameters()]
     frozen = [p.detach().clone() for p in params]
+    steps = 0
     for _ in range(cfg.max_epochs):
+        if cfg.max_steps and steps >= cfg.max_steps:
+            break
         order = torch.gather(train_idx, 1, torch.argsort(torch.rand(members, n_train, generator=generator), 1))
         for start in range(0, n_train - batch + 1, batch):
+            if cfg.max_steps and steps >= cfg.max_steps:
+                break  # the step budget ends the fit mid-epoch; the validation below still runs
+            steps += 1
             idx = order[:, start:start + batch]
             loss = (_member_loss(ensemble, x[idx], y[idx]) * active).sum()
             optimizer.zero_grad(set_to_none=True)
