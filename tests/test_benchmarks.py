@@ -1,0 +1,36 @@
+"""Tiny-budget smoke runs of the benchmark scripts' pieces (the long runs are benchmarks, not tests)."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import results  # noqa: E402
+
+
+def test_record_replaces_a_figure_of_the_same_name(tmp_path: Path) -> None:
+    path = tmp_path / "results.json"
+    results.record("x_per_s", 1.0, "1/s", "cmd a", path=path)
+    results.record("y", 2.0, "s", "cmd b", path=path)
+    results.record("x_per_s", 3.0, "1/s", "cmd c", path=path)
+    records = json.loads(path.read_text())
+    assert [(r["name"], r["value"], r["command"]) for r in records] == [("x_per_s", 3.0, "cmd c"), ("y", 2.0, "cmd b")]
+    assert all({"name", "value", "unit", "command", "date", "machine"} <= r.keys() for r in records)
+
+
+def test_steps_to_threshold_is_the_first_evaluation_at_or_above_it() -> None:
+    from sample_efficiency import steps_to
+
+    curve = [(1000, 10.0), (2000, 195.0), (3000, 150.0), (4000, 199.0)]
+    assert steps_to(curve, 190.0) == 2000 and steps_to(curve, 198.0) == 4000 and steps_to(curve, 250.0) is None
+
+
+def test_data_node_records_a_short_stream_with_zero_loss(tmp_path: Path) -> None:
+    pytest.importorskip("rclpy")
+    from data_node_throughput import offer
+
+    r = offer(500.0, 2.0, tmp_path)
+    assert r["sent"] >= 500 and r["read_back"] == r["sent"] == r["durable"], r
