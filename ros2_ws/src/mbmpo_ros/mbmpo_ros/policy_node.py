@@ -14,6 +14,7 @@ verified before use, missed control periods counted.
 from __future__ import annotations
 
 import json
+import queue
 import tempfile
 import threading
 import time
@@ -36,7 +37,9 @@ from mbmpo_interfaces.msg import PolicyBundle, Transition
 from mbmpo_ros.common import declare, run_node
 
 BUNDLE_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
-TRANSITION_QOS = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
+# 10 s at 1 kHz: a reliable KEEP_LAST history overwrites what the data node has not taken yet (a stalled
+# flush on a loaded machine lost 499 of 13,315 at depth 1,000); a few MB at most
+TRANSITION_QOS = QoSProfile(depth=10_000, reliability=ReliabilityPolicy.RELIABLE)
 
 
 class PolicyNode(Node):
@@ -51,7 +54,8 @@ class PolicyNode(Node):
         self.horizon_param = declare(self, "horizon", 0, "episode length; 0 takes the bundle's")
         self.adapt_episodes = declare(self, "adapt_episodes", 2, "deploy: episodes of fresh data per adaptation")
         self.adapt_max_kl = declare(self, "adapt_max_kl", 0.0, "deploy: KL bound; 0 takes the bundle's")
-        self.executor_kind = declare(self, "executor", "multi", "multi | single (rclpy executor)")
+        self.executor_kind = declare(self, "executor", "single", "single | multi (rclpy executor; single keeps "
+                                     "the control period far better, BENCHMARKS.md)")
         self.deterministic = declare(self, "deterministic", False, "act with the mean action")
         reset_service = declare(self, "reset_service", "sim_node/reset", "std_srvs/Trigger between episodes")
         task = declare(self, "task", "", "task whose reward code received bundles may carry ('' = only the "
@@ -93,6 +97,12 @@ class PolicyNode(Node):
         self.create_subscription(JointState, "joint_states", self.on_state, 10, callback_group=control)
         self.create_subscription(PolicyBundle, "policy_bundle", self.on_bundle, BUNDLE_QOS,
                                  callback_group=MutuallyExclusiveCallbackGroup())
+        # bundles are verified and loaded off the control path; the control group installs them
+        self.loaded: queue.SimpleQueue[tuple[Policy, int]] = queue.SimpleQueue()  # (policy, stamp ns)
+        self.deliveries_ms: list[float] = []  # bundle publication -> installed here, per received bundle
+        self.bundle_ready = self.create_guard_condition(self.install_loaded, callback_group=control)
+        self.bundles_received = 0
+        self.bundle_lock = threading.Lock()  # one bundle at a time, in arrival order
         self.reset_client = self.create_client(Trigger, reset_service, callback_group=MutuallyExclusiveCallbackGroup())
         self.create_timer(1.0, self.publish_status)
         self.control_group = control
@@ -143,7 +153,17 @@ class PolicyNode(Node):
         return self.base
 
     def on_bundle(self, msg: PolicyBundle) -> None:
-        folder = self.bundle_root / f"bundle_{self.counts['bundles_loaded'] + self.counts['bundles_refused']:04d}"
+        """A bundle from the trainer: written, sha256-checked and loaded in a worker thread (tens of ms of
+        ONNX session setup must not stall the control loop), then installed by `install_loaded`."""
+        folder = self.bundle_root / f"bundle_{self.bundles_received:04d}"
+        self.bundles_received += 1
+        threading.Thread(target=self.load_bundle, args=(msg, folder), daemon=True).start()
+
+    def load_bundle(self, msg: PolicyBundle, folder: Path) -> None:
+        with self.bundle_lock:
+            self._load_bundle(msg, folder)
+
+    def _load_bundle(self, msg: PolicyBundle, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         try:
             for f in msg.files:
@@ -159,7 +179,18 @@ class PolicyNode(Node):
             self.counts["bundles_refused"] += 1
             self.get_logger().error(f"bundle {msg.policy_version!r} refused: {err}; keeping the current policy")
             return
-        self.install(meta)
+        stamp = msg.header.stamp
+        self.loaded.put((meta, stamp.sec * 1_000_000_000 + stamp.nanosec))
+        self.bundle_ready.trigger()
+
+    def install_loaded(self) -> None:
+        while True:
+            try:
+                meta, published_ns = self.loaded.get_nowait()
+            except queue.Empty:
+                return
+            self.install(meta)
+            self.deliveries_ms.append((time.time_ns() - published_ns) / 1e6)
 
     def adapt_in_background(self, episodes: list[tuple[np.ndarray, np.ndarray]], base: Policy) -> None:
         """deploy mode: ONE adaptation step from fresh episodes, off the control path."""
@@ -299,6 +330,7 @@ class PolicyNode(Node):
             "episode": self.episode_id, "watchdog_trips": self.watchdog.trips,
             "latency_ms_p50": float(np.percentile(lat, 50)) if lat.size else None,
             "latency_ms_p99": float(np.percentile(lat, 99)) if lat.size else None,
+            "bundle_delivery_ms": self.deliveries_ms[-1] if self.deliveries_ms else None,
             "mean_return": {k: float(np.mean(v[-10:])) for k, v in self.returns.items()},
             **self.counts,
         }
@@ -308,7 +340,9 @@ class PolicyNode(Node):
     def close(self) -> None:
         """Wait (up to 5 s) until the data node has every transition, then log the final counters."""
         acked = self.tr_pub.wait_for_all_acked(Duration(seconds=5.0))
-        print("policy_node final " + json.dumps({**self.counts, "all_acked": acked}), flush=True)
+        print("policy_node final " + json.dumps({**self.counts, "all_acked": acked,
+                                                 "bundle_delivery_ms": [round(d, 1) for d in self.deliveries_ms]}),
+              flush=True)
 
 
 def main() -> None:

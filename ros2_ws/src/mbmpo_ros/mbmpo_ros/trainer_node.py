@@ -15,6 +15,7 @@ import dataclasses
 import json
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import rclpy
@@ -110,9 +111,10 @@ class TrainerNode(Node):
         self.catch_up()
 
     # ---- training (worker thread) -----------------------------------------------------------------
-    def take_episodes(self) -> list | None:
-        """Complete episodes, once enough for the next iteration have arrived; None otherwise. What is
-        taken is recorded (OUT/intake.json) before the trainer saves it: see `mbmpo.deploy.intake`."""
+    def take_episodes(self) -> tuple[list, int] | None:
+        """Complete episodes and the newest transition's stamp (ns), once enough for the next iteration have
+        arrived; None otherwise. What is taken is recorded (OUT/intake.json) before the trainer saves it:
+        see `mbmpo.deploy.intake`."""
         first = self.trainer.state.adapted is None or self.trainer.buffer.total_steps == 0
         with self.lock:
             ready = self.intake.take(min_transitions=self.cfg.collect.initial_random_steps if first else 0,
@@ -120,18 +122,21 @@ class TrainerNode(Node):
             if ready is None:
                 return None
             self.intake.commit(ready, self.trainer.buffer.total_steps + len(ready))
-        return assemble_episodes(ready)
+        return assemble_episodes(ready), max(r.stamp_ns for r in ready)
 
     def loop(self) -> None:
         while not self.stopping and not self.done:
             self.wake.wait(timeout=1.0)
             self.wake.clear()
-            episodes = self.take_episodes()
-            if not episodes:
+            taken = self.take_episodes()
+            if not taken or not taken[0]:
                 continue
+            episodes, newest_ns = taken
+            t0 = time.time_ns()
             row = self.trainer.iterate(episodes)
             self.last_row = row
             self.publish_bundle()
+            self.log_bundle(row, newest_ns, t0)
             plot_learning_curve(self.out, f"MB-MPO (ROS) on {self.task.name}")
             self.get_logger().info(f"iteration {row['iteration']}: {row['real_steps']} real steps, return pre "
                                    f"{row['return_pre']:.1f} post {row['return_post']:.1f}")
@@ -166,6 +171,17 @@ class TrainerNode(Node):
             data = (final / name).read_bytes()
             msg.files.append(BundleFile(name=name, sha256=sha256(final / name), data=data))
         self.bundle_pub.publish(msg)
+
+    def log_bundle(self, row: dict, newest_ns: int, start_ns: int) -> None:
+        """OUT/bundles.csv: per bundle, seconds from the newest transition it learned from to its publication
+        (flush wait + intake + the iteration + export), and the iteration's own seconds."""
+        now = time.time_ns()
+        path = self.out / "bundles.csv"
+        new = not path.is_file()
+        with path.open("a") as f:
+            if new:
+                f.write("iteration,real_steps,data_to_bundle_s,iteration_s\n")
+            f.write(f"{row['iteration']},{row['real_steps']},{(now - newest_ns) / 1e9:.3f},{(now - start_ns) / 1e9:.3f}\n")
 
     def publish_status(self) -> None:
         with self.lock:
