@@ -73,6 +73,8 @@ def test_validator_rejects_with_reasons() -> None:
     assert "magnitude" in v.check(_rec(0, 3, 40, value=1e9))
     assert v.check(_rec(0, 3, 40)) is None
     assert v.rejected == {"order": 2, "size": 1, "non-finite": 1, "magnitude": 1}
+    assert v.missing == 1  # step 2 of episode 0 was never accepted
+    assert v.check(_rec(5, 2, 50)) is None and v.missing == 3  # episode 5 seen from step 2 on: 0 and 1 missing
 
 
 def test_assemble_episodes_orders_and_splits_at_gaps() -> None:

@@ -458,3 +458,26 @@ def test_data_node_refuses_an_unwritable_folder_with_one_line_and_exit_2(tmp_pat
         assert node.wait(timeout=60) == 2 and "cannot record into" in log.read_text()
     print(f"\nRELIABILITY unwritable-folder ({'read-only tmpfs' if mounted else 'chmod 555'}): exit 2 after "
           f"{exit_s:.1f} s: {lines[-1]}")
+
+
+def test_an_adaptation_over_the_kl_bound_is_refused_and_the_meta_policy_keeps_acting(pendulum_bundle: Path) -> None:
+    """deploy mode, a KL bound no real step can meet: every adaptation is refused, the policy stays 'meta'.
+    (Non-finite adapted parameters: tests/test_export_runtime.py, the same `Policy.adapt` check.)"""
+    domain = next_domain()
+    sim = start_node("sim_node", domain, {"task": "InvertedPendulum-v5", "mode": "lockstep"})
+    policy = start_node("policy_node", domain, {"bundle": str(pendulum_bundle), "mode": "deploy", "lockstep": True,
+                                                "horizon": 20, "adapt_episodes": 1, "adapt_max_kl": 1e-12})
+    probe = Probe(domain)
+    try:
+        status = _status_probe(probe, "policy_node/status")
+        assert probe.spin_until(lambda: status and status[-1]["adaptations_refused"] >= 2, 60), status[-1:]
+        episodes = status[-1]["episodes"]
+        assert probe.spin_until(lambda: status[-1]["episodes"] > episodes + 2, 30), status[-1]  # still acting
+        last = status[-1]
+    finally:
+        probe.close()
+        stop_node(policy)
+        stop_node(sim)
+    assert last["adaptations"] == 0 and all(s["policy"] == "meta" for s in status if s["policy"])
+    print(f"\nRELIABILITY adaptation-kl: {last['adaptations_refused']} adaptations refused (bound 1e-12), "
+          f"0 applied, policy 'meta' throughout {last['episodes']} episodes")

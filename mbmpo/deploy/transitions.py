@@ -44,11 +44,14 @@ class TransitionValidator:
         self.obs_dim, self.act_dim, self.max_abs = obs_dim, act_dim, max_abs
         self.last: dict[int, tuple[int, int]] = {}  # episode -> (step, stamp)
         self.rejected: dict[str, int] = {}
+        self.missing = 0  # steps skipped within an episode (lost upstream), among the accepted transitions
 
     def check(self, t: TransitionRecord) -> str | None:
         """None if valid (and remembered), else the reason (also counted in `rejected`)."""
         reason = self._reason(t)
         if reason is None:
+            previous = self.last.get(t.episode_id)
+            self.missing += t.step - (previous[0] + 1 if previous else 0)
             self.last[t.episode_id] = (t.step, t.stamp_ns)
             if len(self.last) > 10_000:  # bounded memory over long runs
                 self.last.pop(next(iter(self.last)))

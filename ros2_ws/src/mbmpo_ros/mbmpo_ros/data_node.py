@@ -54,7 +54,7 @@ class DataNode(Node):
         self.seg_pub = self.create_publisher(String, "~/segments", QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
         self.status_pub = self.create_publisher(String, "~/status", 10)
         self.create_subscription(Transition, "transitions", self.on_transition,
-                                 QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE))
+                                 QoSProfile(depth=10_000, reliability=ReliabilityPolicy.RELIABLE))
         self.create_timer(flush_period, self.flush)
         self.create_timer(1.0, self.publish_status)
         self.get_logger().info(f"recording into {bag_dir} ({self.writer.message_count} transitions already there)")
@@ -102,7 +102,7 @@ class DataNode(Node):
         status = {"accepted": self.accepted, "durable": self.writer.message_count,
                   "pending": 0 if self.failed else self.writer.pending,
                   "rejected": dict(self.validator.rejected), "segments": len(self.writer.segments),
-                  "lost": self.lost, "error": self.failed}
+                  "lost": self.lost, "missing_steps": self.validator.missing, "error": self.failed}
         self.status_pub.publish(String(data=json.dumps(status)))
 
     def close(self) -> None:
@@ -118,7 +118,8 @@ class DataNode(Node):
             self.flush()
         print("data_node final " + json.dumps({"accepted": self.accepted, "durable": self.writer.message_count,
                                                "rejected": dict(self.validator.rejected), "lost": self.lost,
-                                               "error": self.failed}), flush=True)
+                                               "missing_steps": self.validator.missing, "error": self.failed}),
+              flush=True)
 
 
 def main() -> None:
