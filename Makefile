@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo test test-fast bench bench-deps clean
 
 ROS_IFACE := ros2_ws/src/mbmpo_interfaces
 $(STAMP): requirements.txt requirements-ros.txt pyproject.toml scripts/build_interfaces.sh \
@@ -37,6 +37,10 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/throughput.py --out benchmarks/results_throughput.json
+
+# the model-free peer of benchmarks/sample_efficiency.py (Stable-Baselines3); not needed by the tests
+bench-deps: $(STAMP)
+	$(PY) -m pip install -q -r requirements-bench.txt
 
 clean:
 	rm -rf $(VENV) runs

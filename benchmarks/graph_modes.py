@@ -1,0 +1,146 @@
+"""Asynchronous ROS graph vs the synchronous loop, and seconds from new data to a new policy on the robot side.
+
+    python benchmarks/graph_modes.py [--task InvertedPendulum-v5] [--steps 6000] [--threshold 190]
+
+Three runs of the same task, preset and seed:
+- `sync`: `mbmpo train`, the library's loop (collect with the adapted policies, fit, meta-optimise, repeat);
+  the robot waits while the model trains.
+- `lockstep`: `mbmpo-bringup train sim:=mujoco sim_mode:=lockstep`: the ROS graph; the simulator steps on each
+  command, so the robot side runs as fast as the policy node acts, while the trainer works asynchronously.
+- `realtime`: the same graph with the simulator in real time (its control period, 25 Hz for the pendulum):
+  what a robot does.
+Reported per run: return of the meta-policy against real steps and against wall-clock (plot), real steps
+and seconds to `--threshold`; for the graph runs, seconds from the newest transition a bundle learned from
+to its publication (trainer's OUT/bundles.csv: flush wait, intake, the iteration, export) and from
+publication to installed in the policy node (its final `bundle_delivery_ms`). Records
+`graph_data_to_policy_s` (realtime run, median over bundles) and `graph_<mode>_wall_s_to_threshold`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results import record  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+PLOTS = ROOT / "benchmarks" / "plots"
+Row = tuple[int, float, float]  # real steps, return_pre, wall seconds
+
+
+def progress(run: Path) -> list[Row]:
+    with open(run / "progress.csv") as f:
+        return [(int(r["real_steps"]), float(r["return_pre"]), float(r["wall_s"])) for r in csv.DictReader(f)]
+
+
+def run_sync(task: str, steps: int, seed: int, threshold: float, out: Path) -> dict:
+    t0 = time.monotonic()
+    subprocess.run([sys.executable, "-m", "mbmpo.cli", "train", "--task", task, "--steps", str(steps), "--seed",
+                    str(seed), "--out", str(out), "--target-return", str(threshold), "--no-progress"],
+                   check=True, cwd=ROOT, capture_output=True)
+    return {"rows": progress(out), "wall_s": time.monotonic() - t0}
+
+
+def run_graph(task: str, steps: int, seed: int, threshold: float, out: Path, mode: str, domain: int,
+              seconds: float) -> dict:
+    env = {**os.environ, "ROS_DOMAIN_ID": str(domain), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
+           "PYTHONWARNINGS": "ignore"}
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "mbmpo.deploy.bringup", "train", "sim:=mujoco", f"sim_mode:={mode}",
+                        f"task:={task}", f"out:={out}", f"steps:={steps}", f"seed:={seed}",
+                        f"target_return:={threshold}", f"duration:={seconds:g}"],
+                       cwd=ROOT, env=env, capture_output=True, text=True)
+    wall = time.monotonic() - t0
+    (out / "bringup.log").write_text(r.stdout + r.stderr)
+    final = re.findall(r"policy_node final (\{.*\})", r.stdout)
+    with open(out / "bundles.csv") as f:
+        bundles = [float(b["data_to_bundle_s"]) for b in csv.DictReader(f)]
+    return {"rows": progress(out), "wall_s": wall, "data_to_bundle_s": bundles,
+            "delivery_ms": json.loads(final[-1]).get("bundle_delivery_ms", []) if final else []}
+
+
+def first_at(rows: list[Row], threshold: float) -> tuple[int, float] | None:
+    return next(((s, w) for s, r, w in rows if r >= threshold), None)
+
+
+def plot(task: str, runs: dict[str, dict], threshold: float, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for name, run in runs.items():
+        s, r, w = zip(*run["rows"])
+        axes[0].plot(s, r, marker="o", ms=3, label=name)
+        axes[1].plot(w, r, marker="o", ms=3, label=name)
+    for ax, xlabel in zip(axes, ("real environment steps", "wall-clock seconds")):
+        ax.axhline(threshold, color="grey", ls="--", lw=1)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("return, meta-policy")
+        ax.legend()
+    fig.suptitle(f"{task}: asynchronous ROS graph vs synchronous loop")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--task", default="InvertedPendulum-v5")
+    p.add_argument("--steps", type=int, default=6000)
+    p.add_argument("--threshold", type=float, default=190.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seconds", type=float, default=900.0, help="time limit of each graph run")
+    p.add_argument("--modes", nargs="+", default=["sync", "lockstep", "realtime"])
+    p.add_argument("--domain", type=int, default=77)
+    p.add_argument("--work", type=Path, default=ROOT / "runs" / "graph_modes")
+    p.add_argument("--no-record", action="store_true")
+    args = p.parse_args()
+
+    runs: dict[str, dict] = {}
+    for i, mode in enumerate(args.modes):
+        out = args.work / mode
+        subprocess.run(["rm", "-rf", str(out)], check=True)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if mode == "sync":
+            runs[mode] = run_sync(args.task, args.steps, args.seed, args.threshold, out)
+        else:
+            runs[mode] = run_graph(args.task, args.steps, args.seed, args.threshold, out, mode, args.domain + i,
+                                   args.seconds)
+        print(f"{mode}: {len(runs[mode]['rows'])} iterations, {runs[mode]['wall_s']:.0f} s", flush=True)
+    PLOTS.mkdir(parents=True, exist_ok=True)
+    plot(args.task, runs, args.threshold, PLOTS / f"{args.task}_graph_modes.png")
+    print(f"| run | iterations | real steps to {args.threshold:g} | wall s to {args.threshold:g} | last return "
+          "| data -> bundle s (median, per bundle) | bundle delivery ms (median) |")
+    print("|---|---|---|---|---|---|---|")
+    for mode, run in runs.items():
+        hit = first_at(run["rows"], args.threshold)
+        d2b, dms = run.get("data_to_bundle_s", []), run.get("delivery_ms", [])
+        print(f"| {mode} | {len(run['rows'])} | {hit[0] if hit else 'not reached'} | "
+              f"{f'{hit[1]:.0f}' if hit else '-'} | {run['rows'][-1][1]:.1f} | "
+              f"{f'{statistics.median(d2b):.1f} {[round(x, 1) for x in d2b]}' if d2b else '-'} | "
+              f"{f'{statistics.median(dms):.0f}' if dms else '-'} |")
+        if hit and not args.no_record:
+            record(f"graph_{mode}_wall_s_to_threshold", hit[1], f"s to return {args.threshold:g} ({args.task})")
+    real = runs.get("realtime")
+    if real and real["data_to_bundle_s"] and real["delivery_ms"] and not args.no_record:
+        # the first bundle is the untrained one sent at start (no data): skip it on the delivery side
+        deliveries = real["delivery_ms"][1:] or real["delivery_ms"]
+        value = statistics.median(real["data_to_bundle_s"]) + statistics.median(deliveries) / 1e3
+        record("graph_data_to_policy_s", value, f"s, newest transition -> new policy installed ({args.task}, "
+               "realtime sim; it acts from the next episode)")
+    print(f"plot: {PLOTS / f'{args.task}_graph_modes.png'}")
+
+
+if __name__ == "__main__":
+    main()
