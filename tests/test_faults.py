@@ -462,11 +462,13 @@ def test_data_node_refuses_an_unwritable_folder_with_one_line_and_exit_2(tmp_pat
 
 def test_an_adaptation_over_the_kl_bound_is_refused_and_the_meta_policy_keeps_acting(pendulum_bundle: Path) -> None:
     """deploy mode, a KL bound no real step can meet: every adaptation is refused, the policy stays 'meta'.
+    Three 20-step episodes per step: 60 samples for the 12-feature linear baseline, so the advantages (and
+    the step) are never zero (one short episode can be fitted exactly: a zero step, KL 0, rightly accepted).
     (Non-finite adapted parameters: tests/test_export_runtime.py, the same `Policy.adapt` check.)"""
     domain = next_domain()
     sim = start_node("sim_node", domain, {"task": "InvertedPendulum-v5", "mode": "lockstep"})
     policy = start_node("policy_node", domain, {"bundle": str(pendulum_bundle), "mode": "deploy", "lockstep": True,
-                                                "horizon": 20, "adapt_episodes": 1, "adapt_max_kl": 1e-12})
+                                                "horizon": 20, "adapt_episodes": 3, "adapt_max_kl": 1e-12})
     probe = Probe(domain)
     try:
         status = _status_probe(probe, "policy_node/status")
