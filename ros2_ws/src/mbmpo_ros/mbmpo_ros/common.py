@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import sys
+import traceback
 from pathlib import Path
 from typing import Any, Callable
 
@@ -73,6 +74,7 @@ def run_node(factory: Callable[[], Node], threads: int = 2) -> None:
                 try:
                     close()
                 except Exception as err:  # shutting down: report, never hang or mask the exit
-                    print(f"{node.get_name()}: close failed: {err}", file=sys.stderr)
+                    print(f"{node.get_name()}: close failed: {type(err).__name__}: {err}", file=sys.stderr)
+                    traceback.print_exc()
             node.destroy_node()
         rclpy.try_shutdown()

@@ -11,6 +11,7 @@ reporting (`error`, `lost` in the status) without touching what is already on di
 from __future__ import annotations
 
 import json
+import sys
 import time
 
 from rclpy.node import Node
@@ -106,16 +107,24 @@ class DataNode(Node):
         self.status_pub.publish(String(data=json.dumps(status)))
 
     def close(self) -> None:
-        """Take what is still queued, flush it to the bag, and log the final counters."""
+        """Take what is still queued, flush it to the bag, and log the final counters. The flush happens
+        whatever the drain meets (a second signal, a context shut down under it): what was accepted is
+        written."""
         end, count, quiet_since = time.monotonic() + 3.0, -1, time.monotonic()
-        while self.executor is not None and time.monotonic() < end:  # drain the subscription queue
-            self.executor.spin_once(timeout_sec=0.05)
-            if self.accepted != count:
-                count, quiet_since = self.accepted, time.monotonic()
-            elif time.monotonic() - quiet_since > 0.3:
-                break
+        try:
+            while self.executor is not None and time.monotonic() < end:  # drain the subscription queue
+                self.executor.spin_once(timeout_sec=0.05)
+                if self.accepted != count:
+                    count, quiet_since = self.accepted, time.monotonic()
+                elif time.monotonic() - quiet_since > 0.3:
+                    break
+        except BaseException as err:  # noqa: BLE001 - stop draining, never skip the flush below
+            print(f"data_node: draining stopped early ({type(err).__name__}: {err})", file=sys.stderr, flush=True)
         if not self.failed:
-            self.flush()
+            try:
+                self.flush()
+            except Exception as err:  # the bag flush itself succeeded or set self.failed; a notice may not go out
+                print(f"data_node: segment notice not sent ({type(err).__name__}: {err})", file=sys.stderr)
         print("data_node final " + json.dumps({"accepted": self.accepted, "durable": self.writer.message_count,
                                                "rejected": dict(self.validator.rejected), "lost": self.lost,
                                                "missing_steps": self.validator.missing, "error": self.failed}),
