@@ -46,7 +46,7 @@ def main() -> None:
                  "--threads", str(args.threads), "--no-progress"] + (["--config", str(args.config)] if args.config else [])
         if cli(train) != 0:
             raise SystemExit("training failed")
-        command = "mbmpo " + " ".join(train)
+        command = ("mbmpo " + " ".join(train)).replace(f"{ROOT}/", "")
     with open(run / "progress.csv") as f:
         rows = list(csv.DictReader(f))
     at = next((r for r in rows if int(r["real_steps"]) >= args.steps), None)
@@ -60,9 +60,10 @@ def main() -> None:
         shutil.copyfile(run / "learning_curve.png", PLOTS / f"{args.task}_100k.png")
     if not args.no_record:
         name = SHORT.get(args.task, args.task.lower())
-        record(f"{name}_return_at_100k", pre, "mean return, 200-step episodes", command)
-        record(f"{name}_return_post_at_100k", post, "mean return, 200-step episodes", command)
-        record(f"{name}_wall_s_to_100k", wall, "s", command)
+        where = f"at {int(at['real_steps']):,} real steps (the first iteration at or past {args.steps:,})"
+        record(f"{name}_return_at_100k", pre, f"mean return, 200-step episodes, {where}", command)
+        record(f"{name}_return_post_at_100k", post, f"mean return, 200-step episodes, {where}", command)
+        record(f"{name}_wall_s_to_100k", wall, f"s, {where}", command)
 
 
 if __name__ == "__main__":
