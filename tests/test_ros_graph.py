@@ -94,9 +94,10 @@ def test_deploy_mode_adapts_online_and_swaps_at_episode_boundaries(tmp_path: Pat
         last = status[-1]
         assert last["policy"].endswith("+adapted") and "meta+adapted" in last["mean_return"], last
         assert last["adaptations_refused"] == 0
-        # timing is a benchmark's business (benchmarks/runtime_latency.py --ros), not a test's on a shared
-        # machine: here only that the control loop ran on its timer and counted what it missed
-        assert last["ticks"] >= last["transitions"] > 0 and 0 <= last["missed_periods"] <= last["ticks"], last
+        # precise timing is a benchmark's business (benchmarks/ros_latency.py); the stated bound here, loose
+        # enough for a loaded CI machine: the adaptation and the swaps cost at most 10% of the control periods
+        # (measured: 0-1 missed of ~3,000 with the machine's 2 cores fully loaded by other jobs)
+        assert last["ticks"] >= last["transitions"] > 0 and last["missed_periods"] <= 0.1 * last["ticks"], last
         assert last["latency_ms_p50"] is not None, last
     finally:
         probe.close()
