@@ -47,7 +47,7 @@ def offer(rate: float, seconds: float, folder: Path) -> dict:
     try:
         probe.node.create_subscription(String, "data_node/status", lambda m: status.append(json.loads(m.data)), 10)
         pub = probe.node.create_publisher(Transition, "transitions",
-                                          QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE))
+                                          QoSProfile(depth=10_000, reliability=ReliabilityPolicy.RELIABLE))  # as the policy node
         if not probe.spin_until(lambda: bool(status) and pub.get_subscription_count() > 0, 30):
             raise SystemExit("data node did not come up")
         rng = np.random.default_rng(0)

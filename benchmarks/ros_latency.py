@@ -88,7 +88,8 @@ def main() -> None:
     p.add_argument("--rates", type=float, nargs="+", default=[100.0, 500.0])
     p.add_argument("--seconds", type=float, default=20.0)
     p.add_argument("--policy", type=Path, help="bundle (default: a HalfCheetah-sized bundle from a tiny run)")
-    p.add_argument("--executors", nargs="+", default=["multi"], help="policy node executors to compare")
+    p.add_argument("--executors", nargs="+", default=["single"],
+                   help="policy node executors to compare (single | multi); the first one is recorded")
     p.add_argument("--no-record", action="store_true")
     args = p.parse_args()
     pdir = args.policy or _bundle(Path(tempfile.mkdtemp()))
@@ -96,18 +97,19 @@ def main() -> None:
           "| commands | command gap p99 ms |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for rate, executor, lockstep in itertools.product(args.rates, args.executors, (False, True)):
-            r = drive(pdir, rate, lockstep, args.seconds, executor)
-            s = r["status"]
-            mode = "lockstep" if lockstep else "timer"
-            print(f"| {executor} | {rate:g} Hz | {mode} | {s['latency_ms_p50']:.3f} | {s['latency_ms_p99']:.3f} | {s['ticks']} "
-                  f"| {s['missed_periods']} | {s['watchdog_trips']} | {r['sent']} | {r['commands']} "
-                  f"| {r['command_gap_ms_p99']:.2f} |", flush=True)
-            if not lockstep and executor == args.executors[0] and not args.no_record:
-                tag = f"{rate:g}hz"
-                record(f"policy_node_p50_ms_{tag}", s["latency_ms_p50"], "ms")
-                record(f"policy_node_p99_ms_{tag}", s["latency_ms_p99"], "ms")
-                record(f"policy_node_missed_fraction_{tag}", s["missed_periods"] / max(1, s["ticks"]),
-                       "missed periods / ticks")
+        r = drive(pdir, rate, lockstep, args.seconds, executor)
+        s = r["status"]
+        mode = "lockstep" if lockstep else "timer"
+        print(f"| {executor} | {rate:g} Hz | {mode} | {s['latency_ms_p50']:.3f} | {s['latency_ms_p99']:.3f} | {s['ticks']} "
+              f"| {s['missed_periods']} | {s['watchdog_trips']} | {r['sent']} | {r['commands']} "
+              f"| {r['command_gap_ms_p99']:.2f} |", flush=True)
+        if not lockstep and executor == args.executors[0] and not args.no_record:
+            tag = f"{rate:g}hz"
+            how = f"timer mode, {executor} executor, {args.seconds:g} s"
+            record(f"policy_node_p50_ms_{tag}", s["latency_ms_p50"], f"ms, state received -> command ({how})")
+            record(f"policy_node_p99_ms_{tag}", s["latency_ms_p99"], f"ms, state received -> command ({how})")
+            record(f"policy_node_missed_fraction_{tag}", s["missed_periods"] / max(1, s["ticks"]),
+                   f"missed periods / ticks ({how})")
 
 
 if __name__ == "__main__":
