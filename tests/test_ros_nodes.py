@@ -129,6 +129,37 @@ def test_policy_node_acts_guards_and_falls_back_to_safe_command(pendulum_bundle:
         stop_node(node)
 
 
+def test_explore_waits_for_a_recorder_before_it_acts(pendulum_bundle: Path) -> None:
+    """wait_for_recorder (the train graph sets it): safe commands only, and no transition, until a data node
+    (here the probe) subscribes to transitions; then the policy acts and every transition is heard."""
+    domain = next_domain()
+    node = start_node("policy_node", domain, {"bundle": str(pendulum_bundle), "mode": "explore", "seed": 1,
+                                              "wait_for_recorder": True})
+    probe = Probe(domain)
+    try:
+        cmds: list[list[float]] = []
+        probe.node.create_subscription(Float64MultiArray, "commands", lambda m: cmds.append(list(m.data)), 100)
+        state_pub = probe.node.create_publisher(JointState, "joint_states", 10)
+
+        def drive(n: int) -> None:
+            for i in range(n):  # a robot driver at 25 Hz
+                state_pub.publish(_driver(probe, [0.01 * (i % 3), 0.02]))
+                probe.spin_for(0.04)
+
+        probe.spin_for(2.0)  # discovery
+        drive(25)
+        assert cmds and all(c == [0.0] for c in cmds), cmds[:5]  # held safe: nobody records
+        transitions: list[Transition] = []
+        probe.node.create_subscription(Transition, "transitions", transitions.append, RELIABLE)
+        probe.spin_for(1.5)  # the recorder is matched
+        n = len(cmds)
+        drive(25)
+        assert any(c != [0.0] for c in cmds[n:]) and len(transitions) >= 10
+    finally:
+        probe.close()
+        stop_node(node)
+
+
 @pytest.mark.fault
 def test_policy_node_refuses_a_corrupt_bundle_from_the_trainer(pendulum_bundle: Path, tmp_path: Path) -> None:
     """Truncated, wrong-hash, corrupt (hash matching), path-escaping and code-carrying bundles are refused and

@@ -82,7 +82,7 @@ def train_graph(args: dict[str, str]) -> list[NodeSpec]:
     return _sim(a) + [
         NodeSpec("policy_node", "policy_node",
                  {"mode": "explore", "bundle": "", "task": a["task"], "lockstep": lockstep,
-                  "reset_service": a["reset_service"]},
+                  "reset_service": a["reset_service"], "wait_for_recorder": True},
                  _robot_io(a)),
         NodeSpec("data_node", "data_node", {"task": a["task"], "bag_dir": f"{out}/bag"}),
         NodeSpec("trainer_node", "trainer_node",

@@ -57,6 +57,8 @@ class PolicyNode(Node):
         self.executor_kind = declare(self, "executor", "single", "single | multi (rclpy executor; single keeps "
                                      "the control period far better, BENCHMARKS.md)")
         self.deterministic = declare(self, "deterministic", False, "act with the mean action")
+        self.wait_for_recorder = declare(self, "wait_for_recorder", False, "explore: hold the safe command until a "
+                                         "data node subscribes to transitions (none are published unheard)")
         reset_service = declare(self, "reset_service", "sim_node/reset", "std_srvs/Trigger between episodes")
         task = declare(self, "task", "", "task whose reward code received bundles may carry ('' = only the "
                        "start bundle's reward.py)")
@@ -262,6 +264,14 @@ class PolicyNode(Node):
 
     def control(self, obs: np.ndarray, received: float) -> None:
         if self.policy is None or self.guard is None:
+            return
+        if self.wait_for_recorder and self.mode_name == "explore" and self.tr_pub.get_subscription_count() == 0:
+            # transitions published before the data node matched are never delivered (volatile QoS), though
+            # `wait_for_all_acked` reports success: explore only while something records
+            if self.state_mode is not Mode.SAFE:
+                self.get_logger().warning("no data node subscribes to transitions: holding the safe command")
+            self.state_mode, self.prev = Mode.SAFE, None
+            self.publish_command(self.guard.safe)
             return
         self.state_mode = Mode.POLICY
         if self.prev is not None and self.record(obs):
