@@ -29,11 +29,9 @@ def declare(node: Node, name: str, default: Any, description: str) -> Any:
 def make_executor(kind: str, threads: int) -> Executor:
     """`multi` (rclpy's MultiThreadedExecutor with `threads`) or `single`. (Jazzy's experimental
     EventsExecutor was tried: it never ran the status timer and ignored SIGINT, so it is not offered.)"""
-    if kind == "single" or threads <= 1:
-        return SingleThreadedExecutor()
-    if kind == "multi":
-        return MultiThreadedExecutor(num_threads=threads)
-    raise ValueError(f"executor '{kind}' is not multi or single")
+    if kind not in ("single", "multi"):
+        raise ValueError(f"executor '{kind}' is not multi or single")
+    return MultiThreadedExecutor(num_threads=threads) if kind == "multi" and threads > 1 else SingleThreadedExecutor()
 
 
 def _interrupt(signum: int, frame: Any) -> None:

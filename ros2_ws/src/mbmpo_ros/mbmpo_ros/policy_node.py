@@ -57,8 +57,8 @@ class PolicyNode(Node):
         self.executor_kind = declare(self, "executor", "single", "single | multi (rclpy executor; single keeps "
                                      "the control period far better, BENCHMARKS.md)")
         self.deterministic = declare(self, "deterministic", False, "act with the mean action")
-        self.wait_for_recorder = declare(self, "wait_for_recorder", False, "explore: hold the safe command until a "
-                                         "data node subscribes to transitions (none are published unheard)")
+        wait_for_recorder = declare(self, "wait_for_recorder", False, "explore: hold the safe command until a "
+                                    "data node subscribes to transitions (none are published unheard)")
         reset_service = declare(self, "reset_service", "sim_node/reset", "std_srvs/Trigger between episodes")
         task = declare(self, "task", "", "task whose reward code received bundles may carry ('' = only the "
                        "start bundle's reward.py)")
@@ -108,6 +108,10 @@ class PolicyNode(Node):
         self.reset_client = self.create_client(Trigger, reset_service, callback_group=MutuallyExclusiveCallbackGroup())
         self.create_timer(1.0, self.publish_status)
         self.control_group = control
+        # whether anything records the transitions: looked up 10 times a second, not on the control path
+        self.recorder_seen = not (wait_for_recorder and self.mode_name == "explore")
+        if not self.recorder_seen:
+            self.create_timer(0.1, self.look_for_recorder, callback_group=control)
         self.timers_started = False
         self.trusted = CodeAllowlist()  # the reward code received bundles may run: only what the user named
         if task:
@@ -262,10 +266,13 @@ class PolicyNode(Node):
         self.state_mode = Mode.SAFE
         self.publish_command(self.guard.safe if self.guard else None)
 
+    def look_for_recorder(self) -> None:
+        self.recorder_seen = self.tr_pub.get_subscription_count() > 0
+
     def control(self, obs: np.ndarray, received: float) -> None:
         if self.policy is None or self.guard is None:
             return
-        if self.wait_for_recorder and self.mode_name == "explore" and self.tr_pub.get_subscription_count() == 0:
+        if not self.recorder_seen:
             # transitions published before the data node matched are never delivered (volatile QoS), though
             # `wait_for_all_acked` reports success: explore only while something records
             if self.state_mode is not Mode.SAFE:
