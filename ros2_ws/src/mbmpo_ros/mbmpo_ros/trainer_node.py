@@ -21,6 +21,7 @@ from pathlib import Path
 import rclpy
 import torch
 import yaml
+from rclpy.duration import Duration
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import String
@@ -145,6 +146,7 @@ class TrainerNode(Node):
                 self.done = True
                 self.get_logger().info(f"training done; the latest bundle is in {self.out / 'policy'}")
                 plot_learning_curve(self.out, f"MB-MPO (ROS) on {self.task.name}")
+                self.bundle_pub.wait_for_all_acked(Duration(seconds=5.0))  # the last bundle reaches the robot
                 rclpy.try_shutdown(context=self.context)  # ends spin: the process exits 0
 
     def publish_bundle(self) -> None:
