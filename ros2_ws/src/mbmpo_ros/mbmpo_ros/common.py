@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import sys
+import threading
 import traceback
 from pathlib import Path
 from typing import Any, Callable
@@ -34,17 +35,26 @@ def make_executor(kind: str, threads: int) -> Executor:
     return MultiThreadedExecutor(num_threads=threads) if kind == "multi" and threads > 1 else SingleThreadedExecutor()
 
 
+_STOP = threading.Event()
+
+
 def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
+    """The first SIGINT/SIGTERM asks the spin loop to stop between callbacks; a second one aborts at once
+    (e.g. an operator's second Ctrl-C while the policy node waits for acknowledgements)."""
+    if _STOP.is_set():
+        raise KeyboardInterrupt
+    _STOP.set()
 
 
 def run_node(factory: Callable[[], Node], threads: int = 2) -> None:
     """rclpy.init, spin, and the Jazzy try/finally shutdown; configuration errors (bad parameters, a
     malformed parameter file, an unknown task) print one line and exit 2, never a traceback.
 
-    rclpy's own signal handlers are off: SIGINT/SIGTERM raise KeyboardInterrupt in the spinning thread,
-    so `node.close()` runs while the context is still valid (the policy node waits there until the data
-    node has acknowledged every transition; the data node flushes its bag).
+    rclpy's own signal handlers are off: SIGINT/SIGTERM set a flag that the spin loop reads between
+    callbacks (at most 0.1 s later), so no callback is cut off half-way (a KeyboardInterrupt raised inside
+    a callback once left the policy node unable to report its final counters) and `node.close()` runs
+    while the context is still valid (the policy node waits there until the data node has acknowledged
+    every transition; the data node flushes its bag).
     """
     name = Path(getattr(sys.modules.get(factory.__module__), "__file__", None) or "node").stem  # data_node, ...
     try:
@@ -59,7 +69,8 @@ def run_node(factory: Callable[[], Node], threads: int = 2) -> None:
         node = factory()
         executor = make_executor(getattr(node, "executor_kind", "multi"), threads)
         executor.add_node(node)
-        executor.spin()
+        while not _STOP.is_set() and rclpy.ok():
+            executor.spin_once(timeout_sec=0.1)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except CONFIGURATION_ERRORS as err:  # say what is wrong and exit non-zero

@@ -146,8 +146,23 @@ class TrainerNode(Node):
                 self.done = True
                 self.get_logger().info(f"training done; the latest bundle is in {self.out / 'policy'}")
                 plot_learning_curve(self.out, f"MB-MPO (ROS) on {self.task.name}")
-                self.bundle_pub.wait_for_all_acked(Duration(seconds=5.0))  # the last bundle reaches the robot
+                self.hand_over_last_bundle()
                 rclpy.try_shutdown(context=self.context)  # ends spin: the process exits 0
+
+    def hand_over_last_bundle(self, seconds: float = 10.0) -> None:
+        """Before exiting, let the last bundle reach a subscriber: wait (up to `seconds`) for one to be matched,
+        then for its acknowledgement. `wait_for_all_acked` alone returns at once while discovery is still
+        under way (nothing matched, nothing to wait for), and the transient-local bundle dies with the node.
+        Without any subscriber the bundle stays in OUT/policy."""
+        end = time.monotonic() + seconds
+        while self.bundle_pub.get_subscription_count() == 0 and time.monotonic() < end:
+            time.sleep(0.05)
+        if self.bundle_pub.get_subscription_count() == 0:
+            self.get_logger().warning(f"no subscriber to policy_bundle after {seconds:g} s; the last bundle is "
+                                      f"only in {self.out / 'policy'}")
+            return
+        if not self.bundle_pub.wait_for_all_acked(Duration(seconds=max(1.0, end - time.monotonic()))):
+            self.get_logger().warning("the last bundle was not acknowledged by every subscriber")
 
     def publish_bundle(self) -> None:
         """Export the current policy to OUT/policy (atomically) and send it to the policy node."""
