@@ -34,3 +34,14 @@ def test_data_node_records_a_short_stream_with_zero_loss(tmp_path: Path) -> None
 
     r = offer(500.0, 2.0, tmp_path)
     assert r["sent"] >= 500 and r["read_back"] == r["sent"] == r["durable"], r
+
+
+def test_sim_to_real_reports_every_perturbation_before_and_after_one_step(pendulum_bundle: Path, tmp_path: Path) -> None:
+    from sim_to_real import PERTURBATIONS, main
+
+    rows = main(["--policy", str(pendulum_bundle), "--task", "InvertedPendulum-v5", "--seeds", "1", "--episodes", "1",
+                 "--adapt-episodes", "2", "--out", str(tmp_path / "s2r.json")])
+    assert [r["dynamics"] for r in rows] == list(PERTURBATIONS)
+    assert json.loads((tmp_path / "s2r.json").read_text()) == rows
+    for r in rows:  # returns are finite; a refused step counts (the meta-policy's return stands)
+        assert all(0 < x <= 1000 for x in r["pre"] + r["post"]) and r["refused"] in (0, 1), r
