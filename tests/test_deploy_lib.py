@@ -181,4 +181,4 @@ def test_launch_files_and_bringup_start_the_same_graph(name, table, build) -> No
         specs = build(args)
         assert [(n["executable"], n["name"], n["parameters"][0], n["remappings"]) for n in nodes] == \
                [(s.executable, s.name, s.parameters, list(s.remappings)) for s in specs]
-        assert all(n["package"] == "mbmpo_ros" for n in nodes)
+        assert all(n["package"] == "mbmpo_ros" and float(n["sigterm_timeout"]) > 10 for n in nodes)  # time to flush

@@ -9,6 +9,8 @@ from typing import Any
 
 from mbmpo.deploy.graph import GRAPHS
 
+SIGTERM_AFTER = "15"  # seconds from SIGINT to SIGTERM when `ros2 launch` shuts a node down
+
 
 def launch_description(graph: str) -> Any:
     """DeclareLaunchArgument for each argument of `graph`, and its nodes built from their values."""
@@ -21,8 +23,11 @@ def launch_description(graph: str) -> Any:
 
     def nodes(context: Any) -> list:
         args = {name: LaunchConfiguration(name).perform(context) for name in table}
+        # SIGTERM only after SIGTERM_AFTER s (launch's default is 5): the policy node may wait 5 s for the data
+        # node's acknowledgements and the data node drains and flushes after that (mbmpo-bringup: 10 s a group)
         return [Node(package="mbmpo_ros", executable=s.executable, name=s.name, parameters=[s.parameters],
-                     remappings=list(s.remappings), output="screen") for s in build(args)]
+                     remappings=list(s.remappings), output="screen", sigterm_timeout=SIGTERM_AFTER)
+                for s in build(args)]
 
     arguments = [DeclareLaunchArgument(name, default_value=default, description=description)
                  for name, (default, description) in table.items()]
