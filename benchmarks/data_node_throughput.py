@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 import tempfile
 import time
@@ -28,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from results import record  # noqa: E402
 
-from tests.ros_helpers import Probe, next_domain, start_node, stop_node  # noqa: E402
+from tests.ros_helpers import Probe, final_counts, next_domain, start_node, stop_node  # noqa: E402
 
 
 def offer(rate: float, seconds: float, folder: Path) -> dict:
@@ -71,7 +70,7 @@ def offer(rate: float, seconds: float, folder: Path) -> dict:
     finally:
         probe.close()
         stop_node(node)
-    final = json.loads(re.findall(r"data_node final (\{.*\})", log.read_text())[-1])
+    final = final_counts(log.read_text(), "data_node")
     read_back = sum(1 for _ in read_messages(folder / "bag"))
     return {"offered": rate, "achieved": sent / elapsed, "sent": sent, "acked": acked, **final, "read_back": read_back}
 

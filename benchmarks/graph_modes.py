@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -30,7 +28,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from results import record  # noqa: E402
+from tests.ros_helpers import final_counts  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 PLOTS = ROOT / "benchmarks" / "plots"
@@ -61,11 +61,11 @@ def run_graph(task: str, steps: int, seed: int, threshold: float, out: Path, mod
                        cwd=ROOT, env=env, capture_output=True, text=True)
     wall = time.monotonic() - t0
     (out / "bringup.log").write_text(r.stdout + r.stderr)
-    final = re.findall(r"policy_node final (\{.*\})", r.stdout)
+    final = final_counts(r.stdout, "policy_node")
     with open(out / "bundles.csv") as f:
         bundles = [float(b["data_to_bundle_s"]) for b in csv.DictReader(f)]
     return {"rows": progress(out), "wall_s": wall, "data_to_bundle_s": bundles,
-            "delivery_ms": json.loads(final[-1]).get("bundle_delivery_ms", []) if final else []}
+            "delivery_ms": final.get("bundle_delivery_ms", [])}
 
 
 def first_at(rows: list[Row], threshold: float) -> tuple[int, float] | None:

@@ -14,10 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -26,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from tests.ros_helpers import final_counts, start_node, stop_node  # noqa: E402
 
 
 def _rss_mb(pid: int) -> float:
@@ -34,20 +33,6 @@ def _rss_mb(pid: int) -> float:
     except OSError:
         return float("nan")
     return int(re.search(r"VmRSS:\s+(\d+)", text).group(1)) / 1024
-
-
-def _start(module: str, params: dict[str, Any], domain: int, log: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", f"mbmpo_ros.{module}", "--ros-args"]
-    for k, v in params.items():
-        cmd += ["-p", f"{k}:={str(v).lower() if isinstance(v, bool) else v}"]
-    env = {**os.environ, "ROS_DOMAIN_ID": str(domain), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
-           "PYTHONUNBUFFERED": "1", "PYTHONWARNINGS": "ignore"}
-    return subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=ROOT)
-
-
-def _final(log: Path, node: str) -> dict:
-    found = re.findall(node + r" final (\{.*\})", log.read_text())
-    return json.loads(found[-1]) if found else {}
 
 
 def _slope_mb_per_min(samples: list[tuple[float, float]]) -> float:
@@ -83,10 +68,10 @@ def run(seconds: float, bundle: Path | None = None, rate_hz: float = 1000.0, dom
 
     work = Path(work or tempfile.mkdtemp(prefix="mbmpo_load_"))
     bundle = bundle or make_bundle(work)
-    data = _start("data_node", {"bag_dir": str(work / "bag"), "task": "InvertedPendulum-v5", "flush_period": 1.0},
-                  domain, work / "data.log")
-    policy = _start("policy_node", {"bundle": str(bundle), "mode": "explore", "lockstep": True}, domain,
-                    work / "policy.log")
+    data = start_node("data_node", domain, {"bag_dir": str(work / "bag"), "task": "InvertedPendulum-v5",
+                                            "flush_period": 1.0}, log=work / "data.log")
+    policy = start_node("policy_node", domain, {"bundle": str(bundle), "mode": "explore", "lockstep": True},
+                        log=work / "policy.log")
     context = Context()
     rclpy.init(context=context, domain_id=domain)
     node = Node("load_driver", context=context)
@@ -135,18 +120,14 @@ def run(seconds: float, bundle: Path | None = None, rate_hz: float = 1000.0, dom
         stop.set()
         spinner.join(timeout=2)
         for proc in (policy, data):  # ordered: the policy node waits for acks, then the data node flushes
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGINT)
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+            stop_node(proc, timeout=30)
         executor.shutdown()
         node.destroy_node()
         rclpy.try_shutdown(context=context)
     from mbmpo.deploy.bag import read_messages
 
-    p_final, d_final = _final(work / "policy.log", "policy_node"), _final(work / "data.log", "data_node")
+    p_final = final_counts((work / "policy.log").read_text(), "policy_node")
+    d_final = final_counts((work / "data.log").read_text(), "data_node")
     in_bag = sum(1 for _ in read_messages(work / "bag")) if (work / "bag" / "metadata.yaml").is_file() else 0
     pol = live.get("policy_node", {})
     actions = p_final.get("transitions", 0) + p_final.get("episodes", 0)

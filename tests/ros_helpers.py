@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -22,6 +24,12 @@ _domains = itertools.count(60 + os.getpid() % 50)
 
 def next_domain() -> int:
     return next(_domains)
+
+
+def final_counts(output: str, node: str) -> dict:
+    """The counters a node prints as its last line (`<node> final {...}`) when it stops; {} if absent."""
+    found = re.findall(node + r" final (\{.*\})", output)
+    return json.loads(found[-1]) if found else {}
 
 
 def start_node(module: str, domain: int, params: dict[str, Any], remaps: dict[str, str] | None = None,

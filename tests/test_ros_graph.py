@@ -2,7 +2,6 @@
 
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ from std_msgs.msg import String  # noqa: E402
 
 from mbmpo.cli import main as cli  # noqa: E402
 from mbmpo.deploy.bag import read_messages  # noqa: E402
-from tests.ros_helpers import Probe, next_domain, start_node, stop_node  # noqa: E402
+from tests.ros_helpers import Probe, final_counts, next_domain, start_node, stop_node  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "tests" / "configs" / "tiny.yaml"
@@ -29,9 +28,9 @@ def _bringup(args: list[str], domain: int, timeout: float) -> subprocess.Complet
 
 
 def _final_counts(output: str, node: str = "policy_node") -> dict:
-    found = re.findall(node + r" final (\{.*\})", output)
-    assert found, output[-3000:]
-    return json.loads(found[-1])
+    counts = final_counts(output, node)
+    assert counts, output[-3000:]
+    return counts
 
 
 @pytest.mark.slow

@@ -145,7 +145,6 @@ class TrainerNode(Node):
                     self.target_return and row["return_pre"] >= self.target_return):
                 self.done = True
                 self.get_logger().info(f"training done; the latest bundle is in {self.out / 'policy'}")
-                plot_learning_curve(self.out, f"MB-MPO (ROS) on {self.task.name}")
                 self.hand_over_last_bundle()
                 rclpy.try_shutdown(context=self.context)  # ends spin: the process exits 0
 
