@@ -3,7 +3,7 @@
 import torch
 
 from mbmpo.config import MetaConfig
-from mbmpo.meta.inner import adapt
+from mbmpo.meta.inner import STEP_PREFIX, adapt, policy_part, with_learned_step_sizes
 from mbmpo.meta.outer import MetaBatch, _old_post_policy, _surrogate_and_kl, adapted_params, trpo_step
 from mbmpo.meta.trpo import conjugate_gradient
 from mbmpo.policy.gaussian import init_params, log_prob
@@ -121,3 +121,43 @@ def test_trpo_step_given_the_sampling_post_params_matches_recomputing_them() -> 
     recomputed, _ = trpo_step(params, MetaBatch(pre, pre_adv, post, post.act[..., 0] * post.mask), cfg)
     for k in params:
         torch.testing.assert_close(given[k], recomputed[k], rtol=1e-6, atol=1e-7)
+
+
+def test_learned_step_sizes_scale_each_element_of_the_inner_step() -> None:
+    torch.manual_seed(5)
+    params = with_learned_step_sizes(init_params(3, 2, (8,), 1.0), inner_lr=0.1)
+    params[STEP_PREFIX + "w0"] = torch.randn_like(params["w0"])  # a different alpha per element
+    tr = _traj(2, 4, 5, 3, 2)
+    adv = torch.randn(2, 4, 5) * tr.mask
+    adapted = adapt(params, tr.obs, tr.act, adv, tr.mask, inner_lr=123.0, create_graph=False)  # inner_lr unused
+    assert sorted(adapted) == sorted(policy_part(params))
+    for t in range(2):
+        leaf = {k: v.clone().requires_grad_() for k, v in policy_part(params).items()}
+        loss = -(log_prob(leaf, tr.obs[t], tr.act[t]) * adv[t] * tr.mask[t]).sum() / tr.mask[t].sum()
+        loss.backward()
+        for k in leaf:
+            alpha = torch.exp(params[STEP_PREFIX + k])
+            assert torch.allclose(adapted[k][t], params[k] - alpha * leaf[k].grad, atol=1e-6), k
+
+
+def test_meta_gradient_reaches_learned_step_sizes_and_matches_finite_differences() -> None:
+    torch.manual_seed(6)
+    params = _double(with_learned_step_sizes(init_params(2, 1, (4,), 1.0), inner_lr=0.3))
+    pre, post = _traj(2, 3, 4, 2, 1, torch.float64), _traj(2, 3, 4, 2, 1, torch.float64)
+    batch = MetaBatch(pre, torch.randn(2, 3, 4, dtype=torch.float64) * pre.mask, post,
+                      torch.randn(2, 3, 4, dtype=torch.float64) * post.mask)
+    old = _old_post_policy(params, batch, 0.3)
+    theta = {k: v.clone().requires_grad_() for k, v in params.items()}
+    loss, _, _ = _surrogate_and_kl(theta, batch, 0.3, True, old)
+    names = [k for k in theta if k.startswith(STEP_PREFIX)]
+    grads = torch.autograd.grad(loss, [theta[k] for k in names])
+    eps = 1e-6
+    for k, g in zip(names, grads):
+        idx = (0,) * theta[k].dim()
+        plus = {kk: vv.detach().clone() for kk, vv in theta.items()}
+        minus = {kk: vv.detach().clone() for kk, vv in theta.items()}
+        plus[k][idx] += eps
+        minus[k][idx] -= eps
+        fd = (float(_surrogate_and_kl(plus, batch, 0.3, False, old)[0].detach())
+              - float(_surrogate_and_kl(minus, batch, 0.3, False, old)[0].detach())) / (2 * eps)
+        assert abs(fd - float(g[idx])) < 1e-6 * max(1.0, abs(fd)), (k, fd, float(g[idx]))

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from mbmpo.config import MetaConfig
-from mbmpo.meta.inner import adapt
+from mbmpo.meta.inner import adapt, mean_step_size
 from mbmpo.meta.outer import MetaBatch, kl_pre_post, meta_step
 from mbmpo.meta.returns import advantages
 from mbmpo.models.ensemble import DynamicsEnsemble
@@ -24,6 +24,13 @@ class MetaPhaseStats:
     kl_pre_post: float  # mean KL(pi_theta || pi_theta'_k) on pre-update states (last step)
     kl_outer: float  # mean KL of the last outer step (<= max_kl for TRPO)
     rejected_steps: int  # outer steps whose line search found no acceptable step
+    policy_std: float  # mean action std of the meta-policy, exp(log_std)
+    inner_lr: float  # mean inner step size alpha (the fixed one unless learned)
+
+    @property
+    def imagined_gain(self) -> float:
+        """What the inner step buys in the models: imagined return post - pre."""
+        return self.imagined_return_post - self.imagined_return_pre
 
 
 def sample_start_states(starts: Tensor, n_tasks: int, n_traj: int, generator: torch.Generator) -> Tensor:
@@ -65,5 +72,7 @@ def meta_optimize(ensemble: DynamicsEnsemble, params: Params, starts: Tensor, ta
         kl_pre_post=kl_pre_post(params, adapted, batch.pre.obs, batch.pre.mask),
         kl_outer=kl_outer,
         rejected_steps=rejected,
+        policy_std=float(torch.exp(params["log_std"]).mean()),
+        inner_lr=mean_step_size(params, cfg.inner_lr),
     )
     return params, adapted, stats

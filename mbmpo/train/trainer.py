@@ -22,6 +22,7 @@ import yaml
 
 from mbmpo.config import Config, config_from_dict
 from mbmpo.errors import UserError
+from mbmpo.meta.inner import with_learned_step_sizes
 from mbmpo.meta.loop import meta_optimize
 from mbmpo.models.buffer import TransitionBuffer
 from mbmpo.models.ensemble import DynamicsEnsemble
@@ -72,8 +73,10 @@ class Trainer:
         self.ensemble = DynamicsEnsemble(task.obs_dim, task.act_dim, cfg.model)
         self.optimizer = torch.optim.Adam(self.ensemble.parameters(), lr=cfg.model.lr)
         gen = torch.Generator().manual_seed(seed)
-        self.state = RunState(0, init_params(task.obs_dim, task.act_dim, cfg.policy.hidden, cfg.policy.init_std, gen),
-                              None)
+        params = init_params(task.obs_dim, task.act_dim, cfg.policy.hidden, cfg.policy.init_std, gen)
+        if cfg.meta.learn_inner_lr:
+            params = with_learned_step_sizes(params, cfg.meta.inner_lr)
+        self.state = RunState(0, params, None)
         self.buffer = TransitionBuffer(task.obs_dim, task.act_dim, cfg.model.buffer_size)
         self.envs = [task.make_env(self.real_horizon) for _ in range(self.n_tasks)]
         self.eval_env = task.make_env(self.real_horizon)
@@ -203,7 +206,8 @@ class Trainer:
             "return_collect": round(float(np.mean(collected)), 3) if collected else "",
             "imagined_return_pre": round(meta.imagined_return_pre, 3),
             "imagined_return_post": round(meta.imagined_return_post, 3),
-            "kl_pre_post": meta.kl_pre_post, "kl_outer": meta.kl_outer, "rejected_steps": meta.rejected_steps,
+            "imagined_gain": round(meta.imagined_gain, 3), "real_gain": round(ret_post - ret_pre, 3),
+            "kl_pre_post": meta.kl_pre_post, "policy_std": meta.policy_std, "inner_lr": meta.inner_lr, "kl_outer": meta.kl_outer, "rejected_steps": meta.rejected_steps,
             "model_val_loss": float(np.mean(fit.val_loss)), "model_epochs": int(np.mean(fit.epochs)),
             "disagreement": self.disagreement(fresh),
             "t_collect": round(t1 - t0, 3), "t_fit": round(t2 - t1, 3), "t_meta": round(t3 - t2, 3),
