@@ -3,10 +3,10 @@
 import torch
 
 from mbmpo.config import MetaConfig
-from mbmpo.meta.inner import STEP_PREFIX, adapt, policy_part, with_learned_step_sizes
+from mbmpo.meta.inner import STEP_PREFIX, InnerStep, adapt, policy_part, with_learned_step_sizes
 from mbmpo.meta.outer import MetaBatch, _old_post_policy, _surrogate_and_kl, adapted_params, trpo_step
 from mbmpo.meta.trpo import conjugate_gradient
-from mbmpo.policy.gaussian import init_params, log_prob
+from mbmpo.policy.gaussian import gaussian_kl, init_params, log_prob, log_std_like, mean_action
 from mbmpo.types import Trajectories
 
 
@@ -25,7 +25,7 @@ def test_inner_step_equals_manual_gradient_step() -> None:
     params = init_params(3, 2, (8,), 1.0)
     tr = _traj(3, 4, 5, 3, 2)
     adv = torch.randn(3, 4, 5) * tr.mask
-    adapted = adapt(params, tr.obs, tr.act, adv, tr.mask, inner_lr=0.1, create_graph=False)
+    adapted = adapt(params, tr.obs, tr.act, adv, tr.mask, step=0.1, create_graph=False)
     for t in range(3):
         leaf = {k: v.clone().requires_grad_() for k, v in params.items()}
         lp = log_prob(leaf, tr.obs[t], tr.act[t])
@@ -129,7 +129,7 @@ def test_learned_step_sizes_scale_each_element_of_the_inner_step() -> None:
     params[STEP_PREFIX + "w0"] = torch.randn_like(params["w0"])  # a different alpha per element
     tr = _traj(2, 4, 5, 3, 2)
     adv = torch.randn(2, 4, 5) * tr.mask
-    adapted = adapt(params, tr.obs, tr.act, adv, tr.mask, inner_lr=123.0, create_graph=False)  # inner_lr unused
+    adapted = adapt(params, tr.obs, tr.act, adv, tr.mask, step=123.0, create_graph=False)  # the fixed alpha is unused
     assert sorted(adapted) == sorted(policy_part(params))
     for t in range(2):
         leaf = {k: v.clone().requires_grad_() for k, v in policy_part(params).items()}
@@ -161,3 +161,16 @@ def test_meta_gradient_reaches_learned_step_sizes_and_matches_finite_differences
         fd = (float(_surrogate_and_kl(plus, batch, 0.3, False, old)[0].detach())
               - float(_surrogate_and_kl(minus, batch, 0.3, False, old)[0].detach())) / (2 * eps)
         assert abs(fd - float(g[idx])) < 1e-6 * max(1.0, abs(fd)), (k, fd, float(g[idx]))
+
+
+def test_kl_normalised_inner_step_moves_each_task_by_the_target_kl() -> None:
+    torch.manual_seed(7)
+    params = init_params(3, 2, (8,), 0.3)
+    tr = _traj(4, 6, 5, 3, 2)
+    adv = torch.randn(4, 6, 5) * tr.mask * torch.arange(1, 5).reshape(4, 1, 1)  # tasks of different scales
+    adapted = adapt(params, tr.obs, tr.act, adv, tr.mask, InnerStep(lr=0.1, kl=1e-4), create_graph=False)
+    mean_pre = mean_action(params, tr.obs)
+    mean_post = mean_action(adapted, tr.obs)
+    kl = gaussian_kl(mean_pre, log_std_like(params, mean_pre), mean_post, log_std_like(adapted, mean_post))
+    per_task = (kl * tr.mask).sum((1, 2)) / tr.mask.sum((1, 2))
+    assert torch.allclose(per_task, torch.full((4,), 1e-4), rtol=0.05), per_task  # second order: small step

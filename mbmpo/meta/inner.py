@@ -8,13 +8,28 @@ parameters under `inner_lr/<name>` and optimised by the outer step like any othe
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from torch.func import jvp
 
-from mbmpo.policy.gaussian import Params, log_prob, stack_params
+from mbmpo.policy.gaussian import Params, log_prob, mean_action, stack_params
 
 STEP_PREFIX = "inner_lr/"  # params[f"inner_lr/{name}"] = log alpha for params[name], same shape
+
+
+@dataclass(frozen=True)
+class InnerStep:
+    """How large the inner step is: alpha = `lr` (or the learned sizes in the params), or, with `kl` > 0,
+    each task's step scaled to that KL(pre || post)."""
+
+    lr: float
+    kl: float = 0.0
+
+    @classmethod
+    def of(cls, step: "InnerStep | float") -> "InnerStep":
+        return step if isinstance(step, InnerStep) else cls(float(step))
 
 
 def policy_part(params: Params) -> Params:
@@ -51,7 +66,24 @@ def vpg_loss(params: Params, obs: Tensor, act: Tensor, adv: Tensor, mask: Tensor
     return -masked_task_mean(log_prob(params, obs, act) * adv, mask)
 
 
-def adapt(params: Params, obs: Tensor, act: Tensor, adv: Tensor, mask: Tensor, inner_lr: float,
+def step_kl_curvature(stacked: Params, grads: Params, obs: Tensor, mask: Tensor) -> Tensor:
+    """q_k = g_k^T F_k g_k, the Fisher quadratic form of each task's step direction on its states, so that
+    KL(pi_theta || pi_theta-a*g) ~= a^2 q_k / 2 for small steps a.
+
+    For a Gaussian with state-independent log-std: q = mean_valid ||J_mu g||^2 / sigma^2 + 2 ||g_log_std||^2,
+    with J_mu g from one forward-mode pass. stacked, grads: task-batched params (T x ...); obs T x N x H x D,
+    mask T x N x H -> T.
+    """
+    with torch.no_grad():
+        policy = {k: v.detach().contiguous() for k, v in stacked.items()}
+        tangent = {k: grads[k].detach() for k in policy}
+        _, d_mean = jvp(lambda p: mean_action(p, obs), (policy,), (tangent,))  # T x N x H x A
+        inv_var = torch.exp(-2.0 * policy["log_std"]).reshape(obs.shape[0], 1, 1, -1)
+        mean_part = masked_task_mean((d_mean * d_mean * inv_var).sum(-1), mask)
+        return mean_part + 2.0 * (tangent["log_std"] ** 2).sum(-1)
+
+
+def adapt(params: Params, obs: Tensor, act: Tensor, adv: Tensor, mask: Tensor, step: InnerStep | float,
           create_graph: bool) -> Params:
     """One VPG step for each of the T tasks at once; returns task-batched policy params (leading dim T).
 
@@ -59,14 +91,24 @@ def adapt(params: Params, obs: Tensor, act: Tensor, adv: Tensor, mask: Tensor, i
     what the MAML meta-gradient differentiates through; with False the step itself is a constant
     (first-order MAML: the result still depends on `params` through the identity, and on learned step
     sizes through alpha). The shared params are expanded to T views, so one backward pass yields all T
-    per-task gradients. Learned step sizes in `params` replace `inner_lr`.
+    per-task gradients. `step` is an `InnerStep` or a fixed alpha; learned step sizes in `params` replace
+    `step.lr`.
+
+    With `step.kl > 0` each task's step is scaled to move the policy by about that KL:
+    alpha_k = sqrt(2 kl / q_k) (`step_kl_curvature`), a constant in the meta-gradient. A fixed alpha's
+    KL grows like 1/sigma^4 as the policy's std shrinks; this one does not.
     """
     n_tasks = obs.shape[0]
-    alphas = step_sizes(params, inner_lr)
+    step = InnerStep.of(step)
+    alphas = step_sizes(params, step.lr)
     with torch.enable_grad():
         policy = {k: v if v.requires_grad else v.detach().requires_grad_() for k, v in policy_part(params).items()}
         stacked = stack_params(policy, n_tasks)
         loss = vpg_loss(stacked, obs, act, adv, mask).sum()
         names = sorted(stacked)
         grads = torch.autograd.grad(loss, [stacked[k] for k in names], create_graph=create_graph)
+    if step.kl > 0.0:
+        q = step_kl_curvature(stacked, dict(zip(names, grads)), obs, mask)  # T
+        scale = torch.sqrt(2.0 * step.kl / q.clamp_min(1e-12))
+        return {k: stacked[k] - scale.reshape(-1, *([1] * (g.dim() - 1))) * g for k, g in zip(names, grads)}
     return {k: stacked[k] - alphas[k] * g for k, g in zip(names, grads)}

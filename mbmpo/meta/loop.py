@@ -9,7 +9,7 @@ from torch import Tensor
 
 from mbmpo.config import MetaConfig
 from mbmpo.meta.inner import adapt, mean_step_size
-from mbmpo.meta.outer import MetaBatch, kl_pre_post, meta_step
+from mbmpo.meta.outer import MetaBatch, inner_step, kl_pre_post, meta_step
 from mbmpo.meta.returns import advantages
 from mbmpo.models.ensemble import DynamicsEnsemble
 from mbmpo.policy.gaussian import Params
@@ -47,7 +47,7 @@ def build_meta_batch(ensemble: DynamicsEnsemble, params: Params, starts: Tensor,
                   horizon, task, cfg.clip_obs, generator)
     pre_adv = advantages(pre.obs, pre.rew, pre.mask, cfg.discount, cfg.gae_lambda, cfg.normalize_advantages)
     adapted = {k: v.detach() for k, v in
-               adapt(params, pre.obs, pre.act, pre_adv, pre.mask, cfg.inner_lr, create_graph=False).items()}
+               adapt(params, pre.obs, pre.act, pre_adv, pre.mask, inner_step(cfg), create_graph=False).items()}
     post = imagine(ensemble, adapted, sample_start_states(starts, n_tasks, cfg.rollouts_per_task, generator),
                    horizon, task, cfg.clip_obs, generator)
     post_adv = advantages(post.obs, post.rew, post.mask, cfg.discount, cfg.gae_lambda, cfg.normalize_advantages)

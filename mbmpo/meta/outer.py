@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from mbmpo.config import MetaConfig
-from mbmpo.meta.inner import adapt, masked_task_mean
+from mbmpo.meta.inner import InnerStep, adapt, masked_task_mean
 from mbmpo.meta.trpo import backtracking_line_search, conjugate_gradient, natural_step
 from mbmpo.policy.gaussian import Params, flat, gaussian_kl, log_std_like, mean_action, unflat
 from mbmpo.types import Trajectories
@@ -38,18 +38,22 @@ class MetaStepStats:
     backtracks: int  # -1 when the line search rejected every step
 
 
-def adapted_params(params: Params, batch: MetaBatch, inner_lr: float, create_graph: bool) -> Params:
+def inner_step(cfg: MetaConfig) -> InnerStep:
+    return InnerStep(cfg.inner_lr, cfg.inner_kl)
+
+
+def adapted_params(params: Params, batch: MetaBatch, step: InnerStep | float, create_graph: bool) -> Params:
     """theta'_k for all tasks of the batch (task-batched params)."""
     pre = batch.pre
-    return adapt(params, pre.obs, pre.act, batch.pre_adv, pre.mask, inner_lr, create_graph)
+    return adapt(params, pre.obs, pre.act, batch.pre_adv, pre.mask, step, create_graph)
 
 
-def _old_post_policy(params: Params, batch: MetaBatch, inner_lr: float) -> tuple[Tensor, Tensor, Tensor]:
+def _old_post_policy(params: Params, batch: MetaBatch, step: InnerStep | float) -> tuple[Tensor, Tensor, Tensor]:
     """Mean, log-std and log-prob of the post-update policies that sampled the post-update data (constants).
     Uses `batch.post_params` when present (the same tensors the inner step at `params` gives)."""
     adapted = batch.post_params
     if adapted is None:
-        adapted = {k: v.detach() for k, v in adapted_params(params, batch, inner_lr, create_graph=False).items()}
+        adapted = {k: v.detach() for k, v in adapted_params(params, batch, step, create_graph=False).items()}
     with torch.no_grad():
         mean = mean_action(adapted, batch.post.obs)
         log_std = log_std_like(adapted, mean)
@@ -58,11 +62,11 @@ def _old_post_policy(params: Params, batch: MetaBatch, inner_lr: float) -> tuple
     return mean, log_std, logp
 
 
-def _surrogate_and_kl(params: Params, batch: MetaBatch, inner_lr: float, create_graph: bool,
+def _surrogate_and_kl(params: Params, batch: MetaBatch, step: InnerStep | float, create_graph: bool,
                       old: tuple[Tensor, Tensor, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
     """(-J, mean KL(old || new), likelihood ratios T x N x H) at `params`."""
     old_mean, old_log_std, old_logp = old
-    adapted = adapted_params(params, batch, inner_lr, create_graph)
+    adapted = adapted_params(params, batch, step, create_graph)
     mean = mean_action(adapted, batch.post.obs)
     log_std = log_std_like(adapted, mean)
     z = (batch.post.act - mean) * torch.exp(-log_std)
@@ -94,13 +98,14 @@ def trpo_step(params: Params, batch: MetaBatch, cfg: MetaConfig) -> tuple[Params
     second_order = not cfg.first_order
     theta = {k: v.detach().requires_grad_() for k, v in params.items()}
     names = sorted(theta)
-    old = _old_post_policy(theta, batch, cfg.inner_lr)
-    loss, _, _ = _surrogate_and_kl(theta, batch, cfg.inner_lr, second_order, old)
+    step = inner_step(cfg)
+    old = _old_post_policy(theta, batch, step)
+    loss, _, _ = _surrogate_and_kl(theta, batch, step, second_order, old)
     grads = torch.autograd.grad(loss, [theta[k] for k in names])
     g = torch.cat([x.reshape(-1) for x in grads])
     fisher_batch = subsample(batch, cfg.cg_subsample)
-    fisher_old = old if fisher_batch is batch else _old_post_policy(theta, fisher_batch, cfg.inner_lr)
-    _, kl, _ = _surrogate_and_kl(theta, fisher_batch, cfg.inner_lr, second_order, fisher_old)
+    fisher_old = old if fisher_batch is batch else _old_post_policy(theta, fisher_batch, step)
+    _, kl, _ = _surrogate_and_kl(theta, fisher_batch, step, second_order, fisher_old)
     kl_grads = torch.autograd.grad(kl, [theta[k] for k in names], create_graph=True)
     kl_grad = torch.cat([x.reshape(-1) for x in kl_grads])
 
@@ -114,7 +119,7 @@ def trpo_step(params: Params, batch: MetaBatch, cfg: MetaConfig) -> tuple[Params
 
     def evaluate(x: Tensor) -> tuple[float, float]:
         candidate = unflat(x, theta)
-        loss_x, kl_x, _ = _surrogate_and_kl(candidate, batch, cfg.inner_lr, False, old)
+        loss_x, kl_x, _ = _surrogate_and_kl(candidate, batch, step, False, old)
         return float(loss_x.detach()), float(kl_x.detach())
 
     x, loss_after, kl_after, backtracks = backtracking_line_search(
@@ -127,10 +132,11 @@ def ppo_step(params: Params, batch: MetaBatch, cfg: MetaConfig) -> tuple[Params,
     """A ProMP-style alternative: a few Adam epochs on the clipped post-update surrogate."""
     theta = {k: v.detach().clone().requires_grad_() for k, v in params.items()}
     optimizer = torch.optim.Adam(list(theta.values()), lr=cfg.ppo_lr)
-    old = _old_post_policy(theta, batch, cfg.inner_lr)
+    step = inner_step(cfg)
+    old = _old_post_policy(theta, batch, step)
     loss0 = 0.0
     for epoch in range(cfg.ppo_epochs):
-        _, _, ratio = _surrogate_and_kl(theta, batch, cfg.inner_lr, not cfg.first_order, old)
+        _, _, ratio = _surrogate_and_kl(theta, batch, step, not cfg.first_order, old)
         adv = batch.post_adv
         clipped = torch.minimum(ratio * adv, ratio.clamp(1 - cfg.ppo_clip, 1 + cfg.ppo_clip) * adv)
         loss = -masked_task_mean(clipped, batch.post.mask).mean()
@@ -139,7 +145,7 @@ def ppo_step(params: Params, batch: MetaBatch, cfg: MetaConfig) -> tuple[Params,
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    loss_after, kl_after, _ = _surrogate_and_kl(theta, batch, cfg.inner_lr, False, old)
+    loss_after, kl_after, _ = _surrogate_and_kl(theta, batch, step, False, old)
     new = {k: v.detach().clone() for k, v in theta.items()}
     return new, MetaStepStats(loss0, float(loss_after), float(kl_after), 0)
 

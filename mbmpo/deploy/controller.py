@@ -1,0 +1,379 @@
+"""The policy node's logic without ROS: episodes, transitions, explore/deploy selection, bundle and
+adaptation hand-off, and every safe-command decision.
+
+A `Controller` is driven by its owner's control thread: `on_state` for each robot state, `on_tick` for
+each control period (timer control), `on_watchdog` a few times per period, `collect` when the worker has
+finished something. Each returns a `Decision`: the command to send, the transition to publish, whether the
+episode ended (ask the robot for a reset), and the runtime fault, if one forced the safe command.
+
+Modes: `explore` cycles the K adapted policies of the bundle, one per episode (MB-MPO's data collection);
+`deploy` runs the meta-policy for `adapt_episodes` episodes, adapts it with ONE gradient step on the
+worker, and swaps the adapted policy in at the next episode boundary.
+
+Faults: a runtime error inside a decision (a non-finite action, a reward function that raises or returns
+nonsense) never propagates: the decision is the safe command, `faults` counts it, and no transition spans
+it. Slow work (bundle loading and warming every exploration session, adaptation) runs on a `Worker`; its
+results are applied by `collect` on the control thread, so nothing the control loop reads is written by
+another thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from mbmpo.deploy.contract import ObservationBuilder, ObservationError
+from mbmpo.deploy.safety import ActionGuard, Mode, Watchdog
+from mbmpo.deploy.transitions import TransitionRecord
+from mbmpo.deploy.trust import CodeAllowlist, task_code_digest
+from mbmpo.deploy.worker import JobResult, Worker
+from mbmpo.runtime import AdaptationRefused, BundleError, Policy, load
+
+MODES = ("explore", "deploy")
+Log = Callable[[str, str], None]  # (level: info | warning | error, message)
+
+
+def _python_log(level: str, message: str) -> None:
+    getattr(logging.getLogger("mbmpo.controller"), level)(message)
+
+
+@dataclass(frozen=True)
+class ControllerSettings:
+    """What the policy node's parameters say about control (0 values take the bundle's)."""
+
+    mode: str = "explore"  # explore | deploy
+    adapt_episodes: int = 2  # deploy: episodes of fresh data per adaptation
+    adapt_max_kl: float = 0.0  # deploy: KL bound of an adaptation; 0 takes the bundle's
+    deterministic: bool = False  # act with the mean action
+    horizon: int = 0  # episode length; 0 takes the bundle's
+    control_period: float = 0.0  # seconds; 0 takes the bundle's
+    watchdog_periods: float = 2.0  # states older than this many periods are stale
+    seed: int = 0  # action noise
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode '{self.mode}' is not explore or deploy")
+        if self.adapt_episodes < 1 or self.horizon < 0 or self.control_period < 0 or self.adapt_max_kl < 0:
+            raise ValueError("adapt_episodes must be >= 1 and horizon, control_period, adapt_max_kl >= 0")
+        if not self.watchdog_periods > 0:
+            raise ValueError(f"watchdog_periods must be > 0, got {self.watchdog_periods}")
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the owner does now."""
+
+    command: np.ndarray | None  # A: the command to send (None: send nothing)
+    transition: TransitionRecord | None = None  # the step that ended in this state, to publish
+    reset: bool = False  # the episode ended: ask the robot for a reset
+    fault: str | None = None  # the runtime fault that forced the safe command
+
+
+@dataclass(frozen=True)
+class ReceivedBundle:
+    """A bundle as it arrives over the wire: files (name, bytes), manifest text and publication stamp."""
+
+    version: str
+    files: Sequence[tuple[str, bytes]]
+    manifest_json: str
+    stamp_ns: int
+
+
+class Controller:
+    """Episodes, policies and safe commands for one robot (see the module docstring)."""
+
+    def __init__(self, settings: ControllerSettings, worker: Worker, log: Log = _python_log,
+                 clock_ns: Callable[[], int] = time.time_ns):
+        self.settings, self.worker, self.log, self.clock_ns = settings, worker, log, clock_ns
+        self.rng = np.random.default_rng(settings.seed)
+        self.state_mode = Mode.IDLE
+        self.base: Policy | None = None  # the meta-policy of the current bundle
+        self.policy: Policy | None = None  # what acts now
+        self.pending: Policy | None = None  # swapped in at the next episode boundary
+        self.period = settings.control_period
+        self.horizon = settings.horizon
+        self.builder: ObservationBuilder | None = None
+        self.guard: ActionGuard | None = None
+        self.watchdog = Watchdog(1.0)
+        self.trusted = CodeAllowlist()  # the reward code received bundles may run: only what the user named
+        self.recorder_present = True  # the owner clears it while nothing records transitions (explore)
+        self.counts = {"transitions": 0, "episodes": 0, "ticks": 0, "missed_periods": 0, "bad_states": 0,
+                       "bundles_loaded": 0, "bundles_refused": 0, "adaptations": 0, "adaptations_refused": 0,
+                       "adaptations_failed": 0, "faults": 0}
+        self.last_fault: str | None = None
+        self.latencies: list[float] = []
+        self.deliveries_ms: list[float] = []  # bundle publication -> installed, per received bundle
+        self.returns: dict[str, list[float]] = {}
+        # episode ids unique across restarts (microseconds at start): a restarted node's episodes are new
+        # episodes to the data node and the trainer, not repeats of the old ones
+        self.episode_id, self.step, self.episode_return = time.time_ns() // 1000, 0, 0.0
+        self.explore_index = 0
+        self.prev: tuple[np.ndarray, np.ndarray] | None = None  # (obs, applied action) awaiting its next state
+        self.fresh: list[tuple[np.ndarray, np.ndarray]] = []  # deploy: meta-policy episodes for adaptation
+        self.episode_obs: list[np.ndarray] = []
+        self.episode_act: list[np.ndarray] = []
+        self.adapting = False
+        self.latest: np.ndarray | None = None  # the newest accepted state not acted on yet (timer control)
+        self.last_stamp: int | None = None
+        self.last_tick: float | None = None
+
+    # ---- bundles ----------------------------------------------------------------------------------
+    def trust_task(self, task: str) -> None:
+        """Accept received bundles whose reward code is the registered task's (or task YAML's)."""
+        self.trusted.allow(task_code_digest(task), f"task {task}")
+
+    def start_with(self, path: str | Path) -> None:
+        """Load, warm and install a bundle from disk now (at start, before any control). Raises BundleError."""
+        meta = self._prepare(load(path))
+        self.trusted.allow(meta.manifest["files"]["reward.py"], f"bundle {path}")
+        self.install(meta)
+
+    def receive(self, bundle: ReceivedBundle, folder: Path) -> None:
+        """A bundle from the network: written, trust- and sha256-checked, loaded and warmed on the worker;
+        installed by `collect` (or refused there, keeping the current policy)."""
+        layout = None if self.base is None else list(self.base.manifest["obs_names"])
+        self.worker.submit("bundle", lambda: self._load_received(bundle, folder, layout),
+                           context=(bundle.version, bundle.stamp_ns))
+
+    def _load_received(self, bundle: ReceivedBundle, folder: Path, layout: list[str] | None) -> Policy:
+        """Worker thread: files -> a warmed meta-policy. Raises BundleError/OSError/ValueError."""
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, data in bundle.files:
+            if "/" in name or name.startswith("."):
+                raise BundleError(f"file name {name!r} is not allowed")
+            (folder / name).write_bytes(data)
+        (folder / "manifest.json").write_text(bundle.manifest_json)
+        self.trusted.check(folder)  # before load() imports reward.py
+        meta = load(folder)
+        if layout is not None and meta.manifest["obs_names"] != layout:
+            raise BundleError("observation layout differs from the running policy's")
+        return self._prepare(meta)
+
+    def _prepare(self, meta: Policy) -> Policy:
+        """Build every session the control loop will use (explore: all K exploration policies)."""
+        return meta.warm() if self.settings.mode == "explore" else meta
+
+    def install(self, meta: Policy) -> None:
+        """Make a verified, warmed bundle current: contract, limits, period; it acts from the next episode."""
+        m = meta.manifest
+        self.builder = ObservationBuilder(m["obs_names"])
+        self.guard = ActionGuard(np.asarray(m["act_low"]), np.asarray(m["act_high"]))
+        self.horizon = self.settings.horizon or int(m["horizon"])
+        if not self.period:
+            self.period = float(m["control_period_s"])
+        self.watchdog.timeout = self.settings.watchdog_periods * self.period
+        self.base = meta
+        self.explore_index = 0
+        self.fresh = []
+        first = self.policy is None
+        self.pending = self.next_policy()
+        if first:
+            self.policy, self.pending = self.pending, None
+            self.state_mode = Mode.POLICY
+        self.counts["bundles_loaded"] += 1
+        self.log("info", f"policy {m['policy_version']} ready ({m['n_explore']} exploration sets)")
+
+    def next_policy(self) -> Policy:
+        assert self.base is not None
+        if self.settings.mode == "explore":
+            k = self.explore_index % self.base.manifest["n_explore"]
+            self.explore_index += 1
+            return self.base.exploration(k)  # built by `_prepare`: a cache lookup
+        return self.base
+
+    def collect(self) -> None:
+        """Apply what the worker finished: install bundles, take adaptations, count refusals and failures."""
+        for result in self.worker.drain():
+            if result.kind == "bundle":
+                self._bundle_done(result)
+            elif result.kind == "adapt":
+                self._adaptation_done(result)
+
+    def _bundle_done(self, result: JobResult) -> None:
+        version, published_ns = result.context
+        if result.error is not None:
+            self.counts["bundles_refused"] += 1
+            self.log("error", f"bundle {version!r} refused: {result.error}; keeping the current policy")
+            return
+        self.install(result.value)
+        self.deliveries_ms.append((time.time_ns() - published_ns) / 1e6)
+
+    def _adaptation_done(self, result: JobResult) -> None:
+        self.adapting = False
+        err = result.error
+        if isinstance(err, (AdaptationRefused, ValueError)):
+            self.counts["adaptations_refused"] += 1
+            self.log("warning", f"adaptation refused: {err}")
+        elif err is not None:
+            self.counts["adaptations_failed"] += 1
+            self.log("error", f"adaptation failed: {type(err).__name__}: {err}; keeping the meta-policy")
+        elif result.context is self.base:  # a bundle that arrived meanwhile makes the result stale
+            adapted, seconds = result.value
+            self.pending = adapted
+            self.counts["adaptations"] += 1
+            self.log("info", f"adapted in {1e3 * seconds:.1f} ms (KL {adapted.kl_from_parent:.2e}); "
+                             f"swapping at the next episode")
+
+    # ---- states and control -----------------------------------------------------------------------
+    def on_state(self, names: Sequence[str], positions: Sequence[float], velocities: Sequence[float],
+                 stamp_ns: int, now: float) -> np.ndarray | None:
+        """Accept a robot state: the observation, or None (a repeat, no policy yet, or refused and counted)."""
+        if stamp_ns == self.last_stamp or self.builder is None:
+            return None  # a re-sent state already used, or no policy yet
+        if self.last_stamp is not None and stamp_ns < self.last_stamp:  # late or replayed: never act on the past
+            return self._bad_state("stamped before the last state used")
+        try:
+            obs = self.builder.build(names, positions, velocities)
+        except ObservationError as err:
+            return self._bad_state(str(err))
+        self.last_stamp = stamp_ns
+        self.watchdog.feed(now)
+        self.latest = obs
+        return obs
+
+    def _bad_state(self, why: str) -> None:
+        """Count and log a refused state; always None (nothing to act on)."""
+        self.counts["bad_states"] += 1
+        self.log("warning", f"state rejected: {why}")
+        return None
+
+    def on_tick(self, now: float) -> Decision | None:
+        """Timer control: act on the newest fresh state. A tick later than 1.5 periods counts the periods
+        it missed (`ticks` is the denominator of the miss rate)."""
+        self.counts["ticks"] += 1
+        if self.last_tick is not None and self.period:
+            late = (now - self.last_tick) / self.period - 1.0
+            if late > 0.5:
+                self.counts["missed_periods"] += int(round(late))
+        self.last_tick = now
+        if self.latest is None or self.watchdog.stale(now):
+            return None
+        obs, self.latest = self.latest, None
+        return self.control(obs, now)
+
+    def on_watchdog(self, now: float, lockstep: bool) -> Decision | None:
+        """Stale states: the safe command within one control period. In lock-step the robot (a simulator)
+        moves only on commands, so there is nothing to hold and a command would step it: none is sent."""
+        if lockstep or self.policy is None or not self.watchdog.stale(now):
+            return None
+        if self.state_mode is not Mode.SAFE:
+            self.log("warning", "robot states stale: sending the safe command")
+            self.prev = None  # the applied action is unknown: no transition across the gap
+        self.state_mode = Mode.SAFE
+        return Decision(self.safe_command())
+
+    def safe_command(self) -> np.ndarray | None:
+        return None if self.guard is None else self.guard.safe.copy()
+
+    def control(self, obs: np.ndarray, received: float) -> Decision:
+        """The decision for a fresh state. A runtime fault gives the safe command, never an exception; a
+        transition already scored is still handed over, and none spans the fault."""
+        if self.policy is None or self.guard is None:
+            return Decision(None)
+        if not self.recorder_present:
+            # transitions published before the data node matched are never delivered (volatile QoS):
+            # explore only while something records
+            if self.state_mode is not Mode.SAFE:
+                self.log("warning", "no data node subscribes to transitions: holding the safe command")
+            self.state_mode, self.prev = Mode.SAFE, None
+            return Decision(self.safe_command())
+        self.state_mode = Mode.POLICY
+        transition = None
+        try:
+            if self.prev is not None:
+                transition = self._transition(obs)
+                if transition.terminated or transition.truncated:
+                    self._end_episode(obs)
+                    return Decision(None, transition, reset=True)  # wait for the reset state
+            action = self.guard(self.policy.act(obs, deterministic=self.settings.deterministic, rng=self.rng))
+        except Exception as err:
+            self.counts["faults"] += 1
+            self.last_fault = f"{type(err).__name__}: {err}"
+            self.state_mode, self.prev = Mode.SAFE, None
+            return Decision(self.safe_command(), transition, fault=self.last_fault)
+        self.latencies.append(time.monotonic() - received)
+        if len(self.latencies) > 5000:
+            del self.latencies[:2500]
+        self.prev = (obs, action.astype(np.float32))
+        self.episode_obs.append(obs)
+        self.episode_act.append(self.prev[1])
+        return Decision(action, transition)
+
+    def _transition(self, obs: np.ndarray) -> TransitionRecord:
+        """The step that ends in `obs`, scored by the bundle's reward and termination functions."""
+        assert self.prev is not None and self.base is not None and self.policy is not None
+        prev_obs, prev_act = self.prev
+        bundle = self.base.bundle
+        reward = _scalar(bundle.reward_fn(prev_obs, prev_act, obs), "reward")
+        terminated = bool(_scalar(bundle.termination_fn(prev_obs, prev_act, obs), "termination")) \
+            if bundle.termination_fn else False
+        truncated = not terminated and self.step + 1 >= self.horizon
+        record = TransitionRecord(self.episode_id, self.step, self.policy.name, prev_obs, prev_act, reward, obs,
+                                  terminated, truncated, self.clock_ns())
+        self.counts["transitions"] += 1
+        self.step += 1
+        self.episode_return += reward
+        return record
+
+    def _end_episode(self, last_obs: np.ndarray) -> None:
+        assert self.policy is not None and self.base is not None
+        self.episode_obs.append(last_obs)
+        self.returns.setdefault(self.policy.name, []).append(self.episode_return)
+        self.counts["episodes"] += 1
+        if self.settings.mode == "deploy" and self.policy is self.base and not self.adapting:
+            self.fresh.append((np.stack(self.episode_obs), np.stack(self.episode_act)))
+            if len(self.fresh) >= self.settings.adapt_episodes:
+                self._adapt(self.fresh, self.base)
+                self.fresh = []
+        if self.pending is not None:
+            self.policy, self.pending = self.pending, None
+        elif self.settings.mode == "explore":
+            self.policy = self.next_policy()
+        self.episode_id += 1
+        self.step, self.episode_return, self.prev = 0, 0.0, None
+        self.episode_obs, self.episode_act = [], []
+
+    def _adapt(self, episodes: list[tuple[np.ndarray, np.ndarray]], base: Policy) -> None:
+        """deploy: ONE adaptation step from fresh episodes, on the worker."""
+        max_kl = self.settings.adapt_max_kl or None
+
+        def job() -> tuple[Policy, float]:
+            t0 = time.perf_counter()
+            adapted = base.adapt(episodes, max_kl=max_kl)
+            return adapted, time.perf_counter() - t0
+
+        self.adapting = True
+        self.worker.submit("adapt", job, context=base)
+
+    # ---- reports ----------------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        lat = np.asarray(self.latencies[-2000:]) * 1e3
+        return {
+            "mode": self.settings.mode, "state": self.state_mode.value,
+            "policy": None if self.policy is None else self.policy.name,
+            "policy_version": None if self.base is None else self.base.manifest["policy_version"],
+            "episode": self.episode_id, "watchdog_trips": self.watchdog.trips,
+            "latency_ms_p50": float(np.percentile(lat, 50)) if lat.size else None,
+            "latency_ms_p99": float(np.percentile(lat, 99)) if lat.size else None,
+            "bundle_delivery_ms": self.deliveries_ms[-1] if self.deliveries_ms else None,
+            "mean_return": {k: float(np.mean(v[-10:])) for k, v in self.returns.items()},
+            "last_fault": self.last_fault,
+            **self.counts,
+        }
+
+
+def _scalar(value: Any, what: str) -> float:
+    """A reward or termination value as a finite float; raises ValueError naming what it got."""
+    arr = np.asarray(value)
+    if arr.size != 1:
+        raise ValueError(f"the bundle's {what} function returned shape {arr.shape}, expected one value")
+    x = float(arr.reshape(()))
+    if not math.isfinite(x):
+        raise ValueError(f"the bundle's {what} function returned {x}")
+    return x
