@@ -194,3 +194,19 @@ def test_eval_through_runtime_with_perturbation(bundle: Path, capsys: pytest.Cap
     assert "task 'Hopper-v5' gives" in capsys.readouterr().err
     assert main(["eval", "--policy", str(bundle), "--task", "HalfCheetah-v5", "--perturb", "mass"]) == 2
     assert "expected KEY=SCALE" in capsys.readouterr().err
+
+
+def test_every_parameter_set_acts_with_its_own_std(pendulum_bundle) -> None:
+    """policy.onnx outputs the meta log-std as an initialiser, which ONNX Runtime does not override: the
+    runtime must take each parameter set's std from its parameters (it once sampled all with the meta's)."""
+    from mbmpo.runtime import load
+
+    meta = load(pendulum_bundle)
+    params = {k: v.copy() for k, v in meta.params.items()}
+    params["log_std"][:] = np.log(5.0)
+    wide = type(meta)(meta.bundle, params, "wide")
+    obs = np.zeros((4000, meta.bundle.obs_dim), np.float32)
+    spread = wide.act(obs, rng=np.random.default_rng(0)) - wide.act(obs, deterministic=True)
+    unclipped = np.abs(spread) < 2.9  # pendulum actions clip at +-3
+    assert 4.0 < np.std(spread[unclipped]) or unclipped.mean() < 0.6
+    assert np.allclose(wide.distribution(obs[:2])[1], np.log(5.0))

@@ -32,6 +32,10 @@ class Policy:
     def __init__(self, bundle: Bundle, params: dict[str, np.ndarray], name: str):
         self.bundle, self.params, self.name = bundle, params, name
         self.session = policy_session(bundle, params)  # built here, never on the control path
+        # the std comes from the parameters, not the session: ONNX Runtime does not override an initialiser
+        # that is also a graph output (policy.onnx's action_log_std), so every session reported the
+        # meta-policy's log-std and adapted or exploration policies sampled with the wrong std
+        self.log_std = np.asarray(params["log_std"], np.float32)
         self._low = np.asarray(bundle.manifest["act_low"], np.float32)
         self._high = np.asarray(bundle.manifest["act_high"], np.float32)
 
@@ -52,16 +56,16 @@ class Policy:
 
     def distribution(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(mean B x A, log_std A) for obs B x D."""
-        mean, log_std = self.session.run(None, {"obs": obs})
-        return mean, log_std
+        return self.session.run(None, {"obs": obs})[0], self.log_std
 
     def act(self, obs: np.ndarray, deterministic: bool = False, rng: np.random.Generator | None = None) -> np.ndarray:
         """Action(s) for obs D or B x D, clipped to the action limits. Raises ValueError for bad input."""
         obs = self._check_obs(obs)
         single = obs.ndim == 1
-        mean, log_std = self.session.run(None, {"obs": obs[None] if single else obs})
+        mean = self.session.run(None, {"obs": obs[None] if single else obs})[0]
         if not deterministic:
-            mean += np.exp(log_std) * (rng or _RNG).standard_normal(mean.shape, dtype=np.float32)
+            with np.errstate(over="ignore"):  # an overflowing std is caught below as a non-finite action
+                mean += np.exp(self.log_std) * (rng or _RNG).standard_normal(mean.shape, dtype=np.float32)
         if not np.isfinite(mean).all():
             raise ValueError(f"policy '{self.name}' produced a non-finite action")
         np.minimum(np.maximum(mean, self._low, out=mean), self._high, out=mean)  # np.clip is slower here
