@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import signal
 import sys
 import threading
@@ -35,6 +37,18 @@ def make_executor(kind: str, threads: int) -> Executor:
     return MultiThreadedExecutor(num_threads=threads) if kind == "multi" and threads > 1 else SingleThreadedExecutor()
 
 
+def write_report(node: str, counters: dict[str, Any], path: str = "") -> None:
+    """A node's final counters: printed as its last line (`<node> final {...}`) and, when `path` is given,
+    written there as JSON (atomically) for scripts and tests to read."""
+    text = json.dumps(counters)
+    print(f"{node} final {text}", flush=True)
+    if path:
+        tmp = f"{path}.tmp"
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+
+
 _STOP = threading.Event()
 
 
@@ -47,8 +61,10 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 
 def run_node(factory: Callable[[], Node], threads: int = 2) -> None:
-    """rclpy.init, spin, and the Jazzy try/finally shutdown; configuration errors (bad parameters, a
-    malformed parameter file, an unknown task) print one line and exit 2, never a traceback.
+    """rclpy.init, spin, and the Jazzy try/finally shutdown. Configuration errors while the node is built
+    (bad parameters, a malformed parameter file, an unknown task) print one line and exit 2, never a
+    traceback; an error while it runs is a runtime fault, not a configuration error (a robot-facing node
+    catches its own: the policy node's callbacks send the safe command).
 
     rclpy's own signal handlers are off: SIGINT/SIGTERM set a flag that the spin loop reads between
     callbacks (at most 0.1 s later), so no callback is cut off half-way (a KeyboardInterrupt raised inside
@@ -66,16 +82,17 @@ def run_node(factory: Callable[[], Node], threads: int = 2) -> None:
     signal.signal(signal.SIGTERM, _interrupt)
     node = None
     try:
-        node = factory()
-        executor = make_executor(getattr(node, "executor_kind", "multi"), threads)
+        try:
+            node = factory()
+            executor = make_executor(getattr(node, "executor_kind", "multi"), threads)
+        except CONFIGURATION_ERRORS as err:  # say what is wrong and exit non-zero
+            print(f"{name}: error: {err}", file=sys.stderr)
+            sys.exit(2)
         executor.add_node(node)
         while not _STOP.is_set() and rclpy.ok():
             executor.spin_once(timeout_sec=0.1)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
-    except CONFIGURATION_ERRORS as err:  # say what is wrong and exit non-zero
-        print(f"{name}: error: {err}", file=sys.stderr)
-        sys.exit(2)
     finally:
         if node is not None:
             close = getattr(node, "close", None)

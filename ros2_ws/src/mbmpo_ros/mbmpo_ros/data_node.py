@@ -22,7 +22,7 @@ from std_msgs.msg import String
 from mbmpo.deploy.bag import SegmentedBagWriter
 from mbmpo.deploy.transitions import TransitionRecord, TransitionValidator
 from mbmpo_interfaces.msg import Transition
-from mbmpo_ros.common import declare, run_node
+from mbmpo_ros.common import declare, run_node, write_report
 
 TOPIC = "/transitions"
 MSGTYPE = "mbmpo_interfaces/msg/Transition"
@@ -33,6 +33,7 @@ class DataNode(Node):
         super().__init__("data_node")
         bag_dir = declare(self, "bag_dir", "runs/bag", "rosbag2 folder to record into (appends if it exists)")
         task = declare(self, "task", "", "task whose sizes transitions must have ('' accepts the first seen)")
+        self.report = declare(self, "report", "", "file for the final counters as JSON ('' = none)")
         obs_dim = declare(self, "obs_dim", 0, "observation size (0: from the task)")
         act_dim = declare(self, "act_dim", 0, "action size (0: from the task)")
         flush_period = declare(self, "flush_period", 1.0, "seconds between durable segment flushes")
@@ -125,10 +126,9 @@ class DataNode(Node):
                 self.flush()
             except Exception as err:  # the bag flush itself succeeded or set self.failed; a notice may not go out
                 print(f"data_node: segment notice not sent ({type(err).__name__}: {err})", file=sys.stderr)
-        print("data_node final " + json.dumps({"accepted": self.accepted, "durable": self.writer.message_count,
-                                               "rejected": dict(self.validator.rejected), "lost": self.lost,
-                                               "missing_steps": self.validator.missing, "error": self.failed}),
-              flush=True)
+        write_report("data_node", {"accepted": self.accepted, "durable": self.writer.message_count,
+                                   "rejected": dict(self.validator.rejected), "lost": self.lost,
+                                   "missing_steps": self.validator.missing, "error": self.failed}, self.report)
 
 
 def main() -> None:

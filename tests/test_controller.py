@@ -1,0 +1,173 @@
+"""The policy node's controller without ROS: episodes, explore/deploy, hand-offs and faults."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mbmpo.deploy.controller import Controller, ControllerSettings, Decision, ReceivedBundle
+from mbmpo.deploy.worker import Worker
+from mbmpo.runtime import load
+from mbmpo_ros.testing import bundle_variant
+
+NAMES = ["slider", "hinge"]
+
+
+class Robot:
+    """Feeds a controller pendulum-like states with increasing stamps; records decisions."""
+
+    def __init__(self, controller: Controller):
+        self.c, self.stamp, self.decisions = controller, 0, []
+
+    def state(self, position: float = 0.0) -> Decision | None:
+        self.stamp += 10_000_000
+        obs = self.c.on_state(NAMES, [position, 0.01], [0.0, 0.0], self.stamp, time.monotonic())
+        if obs is None:
+            return None
+        self.c.latest = None
+        decision = self.c.control(obs, time.monotonic())
+        self.decisions.append(decision)
+        return decision
+
+    def run(self, steps: int) -> list[Decision]:
+        return [d for d in (self.state(0.001 * (i % 5)) for i in range(steps)) if d is not None]
+
+
+def _controller(bundle: Path, **settings: object) -> Controller:
+    c = Controller(ControllerSettings(**settings), Worker())
+    c.start_with(bundle)
+    return c
+
+
+def _wait_for_worker(c: Controller, timeout: float = 10.0) -> None:
+    end = time.monotonic() + timeout
+    while c.worker.busy and time.monotonic() < end:
+        time.sleep(0.01)
+        c.collect()
+
+
+def test_explore_builds_every_session_before_control_and_cycles_policies_per_episode(pendulum_bundle: Path) -> None:
+    c = _controller(pendulum_bundle, mode="explore", horizon=5)
+    assert sorted(c.base.bundle.explore_cache) == list(range(c.base.manifest["n_explore"]))  # warmed at start
+    decisions = Robot(c).run(30)
+    records = [d.transition for d in decisions if d.transition is not None]
+    resets = [d for d in decisions if d.reset]
+    assert len(resets) == c.counts["episodes"] >= 4
+    first = [r for r in records if r.episode_id == records[0].episode_id]
+    assert [r.step for r in first] == list(range(5)) and first[-1].truncated
+    assert all(np.array_equal(a.next_obs, b.obs) for a, b in zip(first, first[1:]))  # a chain of steps
+    used = [records[i].policy_id for i in range(0, len(records), 5)]
+    assert used[:3] == ["explore0", "explore1", "explore0"]
+
+
+def test_a_non_finite_policy_output_gives_the_safe_command_and_control_goes_on(pendulum_bundle: Path,
+                                                                                 tmp_path: Path) -> None:
+    meta = load(pendulum_bundle)
+    explore = {k: v.copy() for k, v in meta.bundle.explore_params.items()}
+    explore["log_std"][:] = 100.0  # exp(100) overflows float32: every sampled action is infinite
+    bad = bundle_variant(pendulum_bundle, tmp_path / "nan", explore_params=explore)
+    c = _controller(bad, mode="explore", horizon=5)
+    decisions = Robot(c).run(10)
+    assert len(decisions) == 10 and all(d.fault and "non-finite" in d.fault for d in decisions)
+    assert all(d.command is not None and np.array_equal(d.command, [0.0]) for d in decisions)
+    assert c.counts["faults"] == 10 and c.counts["transitions"] == 0  # no transition spans a fault
+    assert c.status()["state"] == "safe"
+
+
+def test_a_reward_function_that_raises_or_returns_nonsense_is_a_fault_not_a_crash(pendulum_bundle: Path,
+                                                                                    tmp_path: Path) -> None:
+    code = (pendulum_bundle / "reward.py").read_text() + (
+        "\n_n = 0\n_good = inverted_pendulum_reward\n"
+        "def inverted_pendulum_reward(obs, act, next_obs):\n"
+        "    global _n\n    _n += 1\n"
+        "    if _n % 7 == 0:\n        raise RuntimeError('sensor table missing')\n"
+        "    if _n % 7 == 3:\n        return [1.0, 2.0]\n"
+        "    return _good(obs, act, next_obs)\n")
+    bad = bundle_variant(pendulum_bundle, tmp_path / "reward", reward_code=code)
+    c = _controller(bad, mode="explore", horizon=50)
+    decisions = Robot(c).run(40)
+    faults = [d for d in decisions if d.fault]
+    assert faults and any("sensor table missing" in d.fault for d in faults)
+    assert any("shape (2,)" in d.fault for d in faults)
+    assert all(np.array_equal(d.command, [0.0]) for d in faults)
+    records = [d.transition for d in decisions if d.transition is not None]
+    assert len(records) >= 10 and all(np.isfinite(r.reward) for r in records)
+    by_episode_step = {(r.episode_id, r.step) for r in records}
+    assert len(by_episode_step) == len(records)  # steps never repeat across a fault
+
+
+def test_deploy_adapts_on_the_worker_and_swaps_at_the_next_episode(pendulum_bundle: Path) -> None:
+    c = _controller(pendulum_bundle, mode="deploy", horizon=5, adapt_episodes=2, adapt_max_kl=1e9)
+    robot = Robot(c)
+    robot.run(12)  # two episodes of the meta-policy, then the adaptation is submitted
+    _wait_for_worker(c)
+    assert c.counts["adaptations"] == 1 and c.pending is not None and c.policy is c.base
+    robot.run(7)
+    assert c.policy.name == "meta+adapted"
+
+
+def test_a_failing_adaptation_keeps_the_meta_policy_acting(pendulum_bundle: Path) -> None:
+    c = _controller(pendulum_bundle, mode="deploy", horizon=5, adapt_episodes=1)
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("out of memory")
+
+    c.base.adapt = broken  # type: ignore[method-assign]
+    robot = Robot(c)
+    robot.run(8)
+    _wait_for_worker(c)
+    assert c.counts["adaptations_failed"] == 1 and c.counts["adaptations"] == 0 and not c.adapting
+    decisions = robot.run(10)
+    assert c.policy is c.base and not any(d.fault for d in decisions)
+    _wait_for_worker(c)
+    assert c.counts["adaptations_failed"] >= 2  # it tries again with the next fresh episodes
+
+
+def test_an_adaptation_of_a_replaced_bundle_is_dropped(pendulum_bundle: Path) -> None:
+    c = _controller(pendulum_bundle, mode="deploy", horizon=5, adapt_episodes=1, adapt_max_kl=1e9)
+    robot = Robot(c)
+    robot.run(6)
+    c.install(load(pendulum_bundle))  # a new bundle while the adaptation is in flight
+    _wait_for_worker(c)
+    assert c.counts["adaptations"] == 0 and c.pending is not None and c.pending.name == "meta"
+
+
+def test_received_bundles_are_loaded_on_the_worker_and_refused_when_altered(pendulum_bundle: Path,
+                                                                               tmp_path: Path) -> None:
+    c = _controller(pendulum_bundle, mode="explore", horizon=5)
+    files = [(name, (pendulum_bundle / name).read_bytes()) for name in ("policy.onnx", "adapt.onnx", "params.npz",
+                                                                        "reward.py")]
+    manifest = (pendulum_bundle / "manifest.json").read_text()
+    c.receive(ReceivedBundle("good", files, manifest, time.time_ns()), tmp_path / "b0")
+    tampered = [(n, d + b"\0" if n == "params.npz" else d) for n, d in files]
+    c.receive(ReceivedBundle("tampered", tampered, manifest, time.time_ns()), tmp_path / "b1")
+    other_code = [(n, b"def f(): pass\n" if n == "reward.py" else d) for n, d in files]
+    rehashed = json.loads(manifest)
+    c.receive(ReceivedBundle("other code", other_code, json.dumps(rehashed), time.time_ns()), tmp_path / "b2")
+    _wait_for_worker(c)
+    assert c.counts["bundles_loaded"] == 2 and c.counts["bundles_refused"] == 2
+    assert len(c.deliveries_ms) == 1 and sorted(c.base.bundle.explore_cache) == [0, 1]  # warmed on the worker
+
+
+def test_stale_states_give_the_safe_command_and_old_stamps_are_refused(pendulum_bundle: Path) -> None:
+    c = _controller(pendulum_bundle, mode="deploy", horizon=50)
+    robot = Robot(c)
+    robot.run(3)
+    assert c.on_watchdog(time.monotonic(), lockstep=False) is None  # fresh
+    later = time.monotonic() + 10 * c.period
+    stale = c.on_watchdog(later, lockstep=False)
+    assert stale is not None and np.array_equal(stale.command, [0.0]) and c.prev is None
+    assert c.on_watchdog(later, lockstep=True) is None  # lock-step: nothing to hold
+    assert c.on_state(NAMES, [0.0, 0.0], [0.0, 0.0], robot.stamp - 1, later) is None
+    assert c.counts["bad_states"] == 1
+
+
+def test_settings_refuse_bad_values() -> None:
+    with pytest.raises(ValueError, match="mode 'dance'"):
+        ControllerSettings(mode="dance")
+    with pytest.raises(ValueError, match="watchdog_periods"):
+        ControllerSettings(watchdog_periods=0.0)
