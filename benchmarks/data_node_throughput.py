@@ -23,11 +23,9 @@ import numpy as np
 
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")  # DDS stays on this machine
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 from results import record  # noqa: E402
 
-from tests.ros_helpers import Probe, final_counts, next_domain, start_node, stop_node  # noqa: E402
+from mbmpo_ros.testing import Probe, next_domain, read_report, start_node, stop_node  # noqa: E402
 
 
 def offer(rate: float, seconds: float, folder: Path) -> dict:
@@ -40,7 +38,8 @@ def offer(rate: float, seconds: float, folder: Path) -> dict:
     from mbmpo_interfaces.msg import Transition
 
     domain, log = next_domain(), folder / "data_node.log"
-    node = start_node("data_node", domain, {"bag_dir": str(folder / "bag"), "task": "HalfCheetah-v5"}, log=log)
+    node = start_node("data_node", domain, {"bag_dir": str(folder / "bag"), "task": "HalfCheetah-v5",
+                                            "report": str(folder / "data_node.json")}, log=log)
     probe = Probe(domain, "publisher")
     status: list[dict] = []
     try:
@@ -70,7 +69,7 @@ def offer(rate: float, seconds: float, folder: Path) -> dict:
     finally:
         probe.close()
         stop_node(node)
-    final = final_counts(log.read_text(), "data_node")
+    final = read_report(folder / "data_node.json")
     read_back = sum(1 for _ in read_messages(folder / "bag"))
     return {"offered": rate, "achieved": sent / elapsed, "sent": sent, "acked": acked, **final, "read_back": read_back}
 

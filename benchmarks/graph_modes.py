@@ -27,10 +27,8 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from results import record  # noqa: E402
-from tests.ros_helpers import final_counts  # noqa: E402
+from mbmpo_ros.testing import read_report  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 PLOTS = ROOT / "benchmarks" / "plots"
@@ -61,7 +59,7 @@ def run_graph(task: str, steps: int, seed: int, threshold: float, out: Path, mod
                        cwd=ROOT, env=env, capture_output=True, text=True)
     wall = time.monotonic() - t0
     (out / "bringup.log").write_text(r.stdout + r.stderr)
-    final = final_counts(r.stdout, "policy_node")
+    final = read_report(out / "reports" / "policy_node.json")
     with open(out / "bundles.csv") as f:
         bundles = [float(b["data_to_bundle_s"]) for b in csv.DictReader(f)]
     return {"rows": progress(out), "wall_s": wall, "data_to_bundle_s": bundles,

@@ -23,8 +23,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-from tests.ros_helpers import final_counts, start_node, stop_node  # noqa: E402
+from mbmpo_ros.testing import make_bundle, read_report, start_node, stop_node  # noqa: E402
 
 
 def _rss_mb(pid: int) -> float:
@@ -46,17 +45,6 @@ def _slope_mb_per_min(samples: list[tuple[float, float]]) -> float:
     return 60 * sum((t - mt) * (m - mm) for t, m in half) / den if den else float("nan")
 
 
-def make_bundle(folder: Path) -> Path:
-    from mbmpo.cli import main as cli
-
-    run = folder / "run"
-    tiny = ROOT / "tests" / "configs" / "tiny.yaml"
-    assert cli(["train", "--task", "InvertedPendulum-v5", "--steps", "60", "--out", str(run), "--config", str(tiny),
-                "--no-progress"]) == 0
-    assert cli(["export", "--run", str(run), "--out", str(folder / "bundle")]) == 0
-    return folder / "bundle"
-
-
 def run(seconds: float, bundle: Path | None = None, rate_hz: float = 1000.0, domain: int = 90,
         work: Path | None = None) -> dict[str, Any]:
     import rclpy
@@ -69,8 +57,10 @@ def run(seconds: float, bundle: Path | None = None, rate_hz: float = 1000.0, dom
     work = Path(work or tempfile.mkdtemp(prefix="mbmpo_load_"))
     bundle = bundle or make_bundle(work)
     data = start_node("data_node", domain, {"bag_dir": str(work / "bag"), "task": "InvertedPendulum-v5",
-                                            "flush_period": 1.0}, log=work / "data.log")
-    policy = start_node("policy_node", domain, {"bundle": str(bundle), "mode": "explore", "lockstep": True},
+                                            "flush_period": 1.0, "report": str(work / "data_node.json")},
+                      log=work / "data.log")
+    policy = start_node("policy_node", domain, {"bundle": str(bundle), "mode": "explore", "lockstep": True,
+                                                "report": str(work / "policy_node.json")},
                         log=work / "policy.log")
     context = Context()
     rclpy.init(context=context, domain_id=domain)
@@ -126,8 +116,8 @@ def run(seconds: float, bundle: Path | None = None, rate_hz: float = 1000.0, dom
         rclpy.try_shutdown(context=context)
     from mbmpo.deploy.bag import read_messages
 
-    p_final = final_counts((work / "policy.log").read_text(), "policy_node")
-    d_final = final_counts((work / "data.log").read_text(), "data_node")
+    p_final = read_report(work / "policy_node.json")
+    d_final = read_report(work / "data_node.json")
     in_bag = sum(1 for _ in read_messages(work / "bag")) if (work / "bag" / "metadata.yaml").is_file() else 0
     pol = live.get("policy_node", {})
     actions = p_final.get("transitions", 0) + p_final.get("episodes", 0)

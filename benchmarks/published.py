@@ -19,7 +19,6 @@ import shutil
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results import record  # noqa: E402
 from sample_efficiency import PLOTS, SHORT  # noqa: E402
 

@@ -26,12 +26,10 @@ import numpy as np
 
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")  # DDS stays on this machine
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 from results import record  # noqa: E402
 from runtime_latency import _bundle  # noqa: E402
 
-from tests.ros_helpers import Probe, next_domain, start_node, stop_node  # noqa: E402
+from mbmpo_ros.testing import Probe, next_domain, start_node, stop_node  # noqa: E402
 
 
 def joint_fields(obs_names: list[str]) -> list[str]:

@@ -27,7 +27,6 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results import record  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent

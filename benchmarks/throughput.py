@@ -338,8 +338,7 @@ def main(argv: list[str] | None = None) -> int:
         args.out.write_text(json.dumps(rec.records, indent=1) + "\n")
         print(f"wrote {len(rec.records)} records to {args.out}")
         if not args.quick:
-            sys.path.insert(0, str(Path(__file__).resolve().parent))
-            from results import record
+            from results import record  # beside this script
 
             for r in rec.records:
                 if r["name"] in HEADLINE:

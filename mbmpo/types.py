@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-from torch import Tensor
+
+if TYPE_CHECKING:  # the robot-side runtime uses Episode without torch
+    from torch import Tensor
 
 
 @dataclass(frozen=True)

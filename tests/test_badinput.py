@@ -192,7 +192,7 @@ def test_policy_node_refuses_each_bad_joint_state_counts_it_and_keeps_acting(pen
     from sensor_msgs.msg import JointState
     from std_msgs.msg import Float64MultiArray, String
 
-    from tests.ros_helpers import Probe, next_domain, start_node, stop_node
+    from mbmpo_ros.testing import Probe, next_domain, start_node, stop_node
 
     domain = next_domain()
     node = start_node("policy_node", domain, {"bundle": str(pendulum_bundle), "mode": "explore"},

@@ -1,14 +1,10 @@
 """Tiny-budget smoke runs of the benchmark scripts' pieces (the long runs are benchmarks, not tests)."""
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "benchmarks"))
-import results  # noqa: E402
+import results  # benchmarks/ is on the test path (pyproject: pythonpath)
 
 
 def test_record_replaces_a_figure_of_the_same_name(tmp_path: Path) -> None:

@@ -111,7 +111,7 @@ def test_runtime_advantages_equal_the_library(bundle: Path) -> None:
 def test_runtime_imports_no_torch(bundle: Path) -> None:
     code = (
         "import sys; sys.modules['torch'] = None\n"  # any `import torch` now raises ImportError
-        "import numpy as np, mbmpo.runtime as rt\n"
+        "import numpy as np, mbmpo.runtime as rt, mbmpo.deploy.controller\n"  # the policy node's whole library
         f"p = rt.load({str(bundle)!r})\n"
         "a = p.act(np.zeros(17)); assert a.shape == (6,)\n"
         "obs = np.random.default_rng(0).standard_normal((11, 17)).astype(np.float32)\n"

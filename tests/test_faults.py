@@ -26,7 +26,7 @@ from mbmpo.deploy.bag import SegmentedBagWriter, read_messages  # noqa: E402
 from mbmpo.deploy.intake import Intake  # noqa: E402
 from mbmpo.deploy.transitions import TransitionRecord  # noqa: E402
 from mbmpo_interfaces.msg import PolicyBundle, Transition  # noqa: E402
-from tests.ros_helpers import Probe, next_domain, start_node, stop_node  # noqa: E402
+from mbmpo_ros.testing import Probe, next_domain, start_node, stop_node  # noqa: E402
 
 pytestmark = pytest.mark.fault
 ROOT = Path(__file__).resolve().parent.parent

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("rclpy")
-from tests.ros_helpers import next_domain  # noqa: E402
+from mbmpo_ros.testing import next_domain  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 

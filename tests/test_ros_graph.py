@@ -13,7 +13,7 @@ from std_msgs.msg import String  # noqa: E402
 
 from mbmpo.cli import main as cli  # noqa: E402
 from mbmpo.deploy.bag import read_messages  # noqa: E402
-from tests.ros_helpers import Probe, final_counts, next_domain, start_node, stop_node  # noqa: E402
+from mbmpo_ros.testing import Probe, next_domain, read_report, start_node, stop_node  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "tests" / "configs" / "tiny.yaml"
@@ -27,9 +27,10 @@ def _bringup(args: list[str], domain: int, timeout: float) -> subprocess.Complet
                           env=env, cwd=ROOT, timeout=timeout)
 
 
-def _final_counts(output: str, node: str = "policy_node") -> dict:
-    counts = final_counts(output, node)
-    assert counts, output[-3000:]
+def _final_counts(out: Path, node: str = "policy_node") -> dict:
+    """The counters a train graph's node wrote to OUT/reports when it stopped."""
+    counts = read_report(out / "reports" / f"{node}.json")
+    assert counts, f"{node} wrote no report in {out}/reports"
     return counts
 
 
@@ -42,7 +43,7 @@ def test_train_graph_learns_inverted_pendulum_and_records_every_transition(tmp_p
     rows = (out / "progress.csv").read_text().splitlines()
     header, last = rows[0].split(","), rows[-1].split(",")
     assert float(last[header.index("return_pre")]) >= 190.0
-    counts, recorded = _final_counts(r.stdout), _final_counts(r.stdout, "data_node")
+    counts, recorded = _final_counts(out), _final_counts(out, "data_node")
     messages = list(read_messages(out / "bag"))  # rosbags reads the bag
     assert counts["all_acked"] and recorded["rejected"] == {}
     assert counts["transitions"] > 1000 and len(messages) == recorded["durable"] == counts["transitions"]
@@ -67,7 +68,7 @@ def test_a_foreign_robot_driver_drives_the_stack_with_sim_none(tmp_path: Path) -
         stop_node(driver)
     assert "trainer finished (0)" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
     assert len((out / "progress.csv").read_text().splitlines()) >= 2
-    counts = _final_counts(r.stdout)
+    counts = _final_counts(out)
     assert len(list(read_messages(out / "bag"))) == counts["transitions"] >= 300
 
 

@@ -16,7 +16,7 @@ from std_srvs.srv import Trigger  # noqa: E402
 
 from mbmpo.deploy.bag import read_messages  # noqa: E402
 from mbmpo_interfaces.msg import Transition  # noqa: E402
-from tests.ros_helpers import Probe, next_domain, start_node, stop_node  # noqa: E402
+from mbmpo_ros.testing import Probe, next_domain, start_node, stop_node  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_ROS = ROOT / "tests" / "configs" / "tiny_ros.yaml"
@@ -146,7 +146,10 @@ def test_explore_waits_for_a_recorder_before_it_acts(pendulum_bundle: Path) -> N
                 state_pub.publish(_driver(probe, [0.01 * (i % 3), 0.02]))
                 probe.spin_for(0.04)
 
-        probe.spin_for(2.0)  # discovery
+        status: list[str] = []
+        probe.node.create_subscription(String, "policy_node/status", lambda m: status.append(m.data), 10)
+        assert probe.spin_until(lambda: bool(status), 30.0), "the policy node never reported"  # up and matched
+        probe.spin_for(0.5)
         drive(25)
         assert cmds and all(c == [0.0] for c in cmds), cmds[:5]  # held safe: nobody records
         transitions: list[Transition] = []

@@ -36,6 +36,7 @@ DEPLOY_ARGUMENTS: dict[str, tuple[str, str]] = {
     "joint_states": ("joint_states", "topic of the robot's sensor_msgs/JointState"),
     "commands": ("commands", "topic of the std_msgs/Float64MultiArray commands"),
     "reset_service": ("sim_node/reset", "std_srvs/Trigger that resets the robot between episodes"),
+    "reports": ("", "folder for the nodes' final counters as JSON files ('' = none)"),
 }
 
 
@@ -82,9 +83,11 @@ def train_graph(args: dict[str, str]) -> list[NodeSpec]:
     return _sim(a) + [
         NodeSpec("policy_node", "policy_node",
                  {"mode": "explore", "bundle": "", "task": a["task"], "lockstep": lockstep,
-                  "reset_service": a["reset_service"], "wait_for_recorder": True},
+                  "reset_service": a["reset_service"], "wait_for_recorder": True,
+                  "report": f"{out}/reports/policy_node.json"},
                  _robot_io(a)),
-        NodeSpec("data_node", "data_node", {"task": a["task"], "bag_dir": f"{out}/bag"}),
+        NodeSpec("data_node", "data_node", {"task": a["task"], "bag_dir": f"{out}/bag",
+                                            "report": f"{out}/reports/data_node.json"}),
         NodeSpec("trainer_node", "trainer_node",
                  {"task": a["task"], "config": a["config"], "out": out, "seed": int(a["seed"]),
                   "steps": int(a["steps"]), "target_return": float(a["target_return"])}),
@@ -99,7 +102,8 @@ def deploy_graph(args: dict[str, str]) -> list[NodeSpec]:
     return _sim(a) + [
         NodeSpec("policy_node", "policy_node",
                  {"mode": a["mode"], "bundle": a["policy"], "lockstep": lockstep,
-                  "adapt_episodes": int(a["adapt_episodes"]), "reset_service": a["reset_service"]},
+                  "adapt_episodes": int(a["adapt_episodes"]), "reset_service": a["reset_service"],
+                  "report": f"{a['reports']}/policy_node.json" if a["reports"] else ""},
                  _robot_io(a)),
     ]
 

@@ -43,6 +43,7 @@ def write_report(node: str, counters: dict[str, Any], path: str = "") -> None:
     text = json.dumps(counters)
     print(f"{node} final {text}", flush=True)
     if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
         tmp = f"{path}.tmp"
         with open(tmp, "w") as f:
             f.write(text)
