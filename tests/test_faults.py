@@ -490,3 +490,69 @@ def test_an_adaptation_over_the_kl_bound_is_refused_and_the_meta_policy_keeps_ac
     assert last["adaptations"] == 0 and all(s["policy"] == "meta" for s in status if s["policy"])
     print(f"\nRELIABILITY adaptation-kl: {last['adaptations_refused']} adaptations refused (bound 1e-12), "
           f"0 applied, policy 'meta' throughout {last['episodes']} episodes")
+
+
+_BROKEN_REWARD = """
+_n = 0
+_good = inverted_pendulum_reward
+
+
+def inverted_pendulum_reward(obs, act, next_obs):  # one step: fails every 5th call; a batch: always fails
+    global _n
+    _n += 1
+    if getattr(obs, "ndim", 1) > 1:
+        raise RuntimeError("batch rewards are broken")
+    if _n % 5 == 0:
+        raise RuntimeError("reward lookup failed")
+    return _good(obs, act, next_obs)
+"""
+
+
+@pytest.mark.fault
+def test_runtime_faults_give_safe_commands_and_the_policy_node_keeps_running(pendulum_bundle: Path,
+                                                                           tmp_path: Path) -> None:
+    """A non-finite policy output, a reward function that raises, and an adaptation that fails: the node
+    sends the safe command, counts the fault on ~/status and keeps controlling; nothing exits."""
+    from mbmpo.runtime import load
+    from mbmpo_ros.testing import bundle_variant, read_report
+
+    explore = {k: v.copy() for k, v in load(pendulum_bundle).bundle.explore_params.items()}
+    explore["log_std"][:] = 100.0  # every sampled action overflows to infinity
+    cases = {
+        "nan": ({"mode": "explore"}, bundle_variant(pendulum_bundle, tmp_path / "nan", explore_params=explore)),
+        "reward": ({"mode": "deploy", "adapt_episodes": 1, "horizon": 8},
+                   bundle_variant(pendulum_bundle, tmp_path / "reward", reward_code=(
+                       pendulum_bundle / "reward.py").read_text() + _BROKEN_REWARD)),
+    }
+    for label, (params, bundle) in cases.items():
+        domain = next_domain()
+        report = tmp_path / f"{label}.json"
+        node = start_node("policy_node", domain, {"bundle": str(bundle), "seed": 1, "report": str(report), **params})
+        probe = Probe(domain)
+        try:
+            cmds: list[list[float]] = []
+            status: list[dict] = []
+            probe.node.create_subscription(Float64MultiArray, "commands", lambda m: cmds.append(list(m.data)), 100)
+            probe.node.create_subscription(String, "policy_node/status", lambda m: status.append(json.loads(m.data)), 10)
+            state_pub = probe.node.create_publisher(JointState, "joint_states", 10)
+            assert probe.spin_until(lambda: bool(status), 30.0), f"{label}: the policy node never reported"
+            for i in range(60):  # a robot driver at 25 Hz
+                msg = JointState()
+                msg.header.stamp = probe.node.get_clock().now().to_msg()
+                msg.name, msg.position, msg.velocity = ["hinge", "slider"], [0.01 * (i % 3), 0.0], [0.0, 0.0]
+                state_pub.publish(msg)
+                probe.spin_for(0.04)
+            n = len(status)
+            assert probe.spin_until(lambda: len(status) > n, 5.0), f"{label}: status stopped"  # still alive
+            last = status[-1]
+            assert node.poll() is None and last["faults"] > 0 and last["last_fault"], (label, last)
+            assert cmds and all(np.isfinite(c).all() for c in cmds), label
+            if label == "nan":
+                assert all(c == [0.0] for c in cmds) and last["transitions"] == 0, last
+            else:
+                assert "reward lookup failed" in last["last_fault"] and last["transitions"] > 10, last
+                assert last["adaptations_failed"] >= 1 and last["policy"] == "meta", last
+        finally:
+            probe.close()
+            code = stop_node(node)
+        assert code == 0 and read_report(report)["faults"] > 0, (label, code)
