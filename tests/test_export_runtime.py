@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from mbmpo.cli import main
-from mbmpo.export.bundle import sha256
+from mbmpo.runtime.format import sha256
 from mbmpo.meta.inner import adapt as torch_adapt
 from mbmpo.meta.returns import advantages as torch_advantages
 from mbmpo.policy.gaussian import mean_action, select

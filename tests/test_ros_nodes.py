@@ -167,7 +167,7 @@ def test_explore_waits_for_a_recorder_before_it_acts(pendulum_bundle: Path) -> N
 def test_policy_node_refuses_a_corrupt_bundle_from_the_trainer(pendulum_bundle: Path, tmp_path: Path) -> None:
     """Truncated, wrong-hash, corrupt (hash matching), path-escaping and code-carrying bundles are refused and
     logged while the old policy keeps acting; then a good one is taken (so the refusals are not blanket)."""
-    from mbmpo.export.bundle import sha256
+    from mbmpo.runtime.format import sha256
     from mbmpo_interfaces.msg import BundleFile, PolicyBundle
 
     marker = tmp_path / "executed"

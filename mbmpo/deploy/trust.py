@@ -9,35 +9,23 @@ the bundle loaded from disk at start. Networks and parameters may change over th
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 from pathlib import Path
+
+from mbmpo.runtime.format import function_source, sha256
 
 
 class UntrustedCode(ValueError):
     """A received bundle whose Python code is not code the user named."""
 
 
-def _digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def reward_source(ref: str) -> Path:
-    """The file of a 'module:function' or '/path/file.py:function' reference (without importing it)."""
-    target, _, _ = ref.rpartition(":")
-    if target.endswith(".py"):
-        return Path(target)
-    spec = importlib.util.find_spec(target)
-    if spec is None or spec.origin is None:
-        raise UntrustedCode(f"reward module '{target}' not found")
-    return Path(spec.origin)
-
-
 def task_code_digest(task_name: str) -> str:
     """sha256 of the reward/termination module of a registered task or task YAML."""
     from mbmpo.tasks import get_task
 
-    return _digest(reward_source(get_task(task_name).reward_ref))
+    try:
+        return sha256(function_source(get_task(task_name).reward_ref)[0])
+    except ValueError as err:
+        raise UntrustedCode(f"task {task_name}: {err}") from None
 
 
 class CodeAllowlist:
@@ -59,7 +47,7 @@ class CodeAllowlist:
         if not self.digests:
             raise UntrustedCode("no trusted reward code: start the policy node with `task` or `bundle` to "
                                 "accept bundles from the network")
-        digest = _digest(file)
+        digest = sha256(file)
         if digest not in self.digests:
             raise UntrustedCode(f"reward.py (sha256 {digest[:12]}...) is not the reward code of "
                                 f"{' or '.join(self.sources)}; bundles from the network may change networks "

@@ -11,8 +11,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import importlib
 import json
 import shutil
 import time
@@ -27,23 +25,11 @@ import torch
 from mbmpo.errors import UserError
 from mbmpo.export.graphs import AdaptGraph, PolicyGraph, param_names
 from mbmpo.policy.gaussian import Params, n_layers
+from mbmpo.runtime.format import FILES, FORMAT, function_source, sha256
 from mbmpo.tasks.base import TaskSpec
 from mbmpo.train.checkpoint import check_task_matches, load_checkpoint
 
-FORMAT = "mbmpo-bundle/1"
 OPSET = 17
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _function_source(ref: str) -> tuple[Path, str]:
-    """(source file, function name) of a 'module:function' or '/path/file.py:function' reference."""
-    target, _, fn = ref.rpartition(":")
-    if target.endswith(".py"):
-        return Path(target), fn
-    return Path(importlib.import_module(target).__file__ or ""), fn
 
 
 def _export(module: torch.nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str],
@@ -105,11 +91,11 @@ def export_policy(params: Params, adapted: Params, task: TaskSpec, meta_cfg: dic
     arrays.update({f"explore/{k}": adapted[k].numpy() for k in names})
     np.savez(out_dir / "params.npz", **arrays)
 
-    reward_file, reward_fn = _function_source(task.reward_ref)
+    reward_file, reward_fn = function_source(task.reward_ref)
     shutil.copyfile(reward_file, out_dir / "reward.py")
     termination = None
     if task.termination_ref:
-        term_file, term_fn = _function_source(task.termination_ref)
+        term_file, term_fn = function_source(task.termination_ref)
         if term_file.resolve() != reward_file.resolve():
             raise UserError(f"task '{task.name}': reward and termination must live in one module file to export")
         termination = term_fn
@@ -142,7 +128,7 @@ def export_policy(params: Params, adapted: Params, task: TaskSpec, meta_cfg: dic
         "termination": None if termination is None else {"file": "reward.py", "function": termination},
         "files": {},
     }
-    for name in ("policy.onnx", "adapt.onnx", "params.npz", "reward.py"):
+    for name in FILES:
         manifest["files"][name] = sha256(out_dir / name)
     tmp = out_dir / "manifest.json.tmp"
     tmp.write_text(json.dumps(manifest, indent=2))

@@ -4,7 +4,7 @@ Imports only numpy and onnxruntime (and the bundle's own reward.py), so it runs 
 without torch. `load(PDIR)` -> `Policy`.
 """
 
-from mbmpo.runtime.bundle import BundleError, load
-from mbmpo.runtime.policy import AdaptationRefused, Policy
+from mbmpo.runtime.bundle import BundleError
+from mbmpo.runtime.policy import AdaptationRefused, Policy, load
 
 __all__ = ["AdaptationRefused", "BundleError", "Policy", "load"]

@@ -7,16 +7,12 @@ import importlib.util
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import numpy as np
 import onnxruntime as ort
 
-if TYPE_CHECKING:
-    from mbmpo.runtime.policy import Policy
-
-FORMAT = "mbmpo-bundle/1"
-FILES = ("policy.onnx", "adapt.onnx", "params.npz", "reward.py")
+from mbmpo.runtime.format import FILES, FORMAT, sha256
 
 
 class BundleError(ValueError):
@@ -36,7 +32,7 @@ class Bundle:
     explore_params: dict[str, np.ndarray]  # each K x ...
     reward_fn: Callable[..., Any]
     termination_fn: Callable[..., Any] | None
-    explore_cache: dict = field(default_factory=dict)  # k -> Policy, built once
+    explore_cache: dict[int, Any] = field(default_factory=dict)  # k -> the runtime's Policy, built once
 
     @property
     def obs_dim(self) -> int:
@@ -92,7 +88,7 @@ def load_bundle(path: str | Path) -> Bundle:
         file = path / name
         if not file.is_file():
             raise BundleError(f"{path}: missing file {name}")
-        digest = hashlib.sha256(file.read_bytes()).hexdigest()
+        digest = sha256(file)
         if digest != manifest.get("files", {}).get(name):
             raise BundleError(f"{path}/{name}: sha256 {digest[:12]}... does not match the manifest")
     obs_dim, act_dim = int(manifest["obs_dim"]), int(manifest["act_dim"])
@@ -126,11 +122,3 @@ def policy_session(bundle: Bundle, params: dict[str, np.ndarray]) -> ort.Inferen
     if params is bundle.meta_params:
         return bundle.policy_session
     return _session(bundle.policy_bytes, params)
-
-
-def load(path: str | Path) -> "Policy":
-    """Load a bundle and return its meta-policy."""
-    from mbmpo.runtime.policy import Policy
-
-    bundle = load_bundle(path)
-    return Policy(bundle, bundle.meta_params, "meta")

@@ -6,12 +6,13 @@ swap policies atomically at an episode boundary or keep the old one.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from mbmpo.runtime.advantages import advantages, pad_episodes
-from mbmpo.runtime.bundle import Bundle, policy_session
+from mbmpo.runtime.bundle import Bundle, load_bundle, policy_session
 
 _RNG = np.random.default_rng()
 
@@ -144,3 +145,9 @@ class Policy:
         mean_p, log_std_p = self.distribution(obs)
         mean_q, log_std_q = other.distribution(obs)
         return float(gaussian_kl(mean_p, log_std_p, mean_q, log_std_q).mean())
+
+
+def load(path: str | Path) -> Policy:
+    """Load and verify a bundle; its meta-policy. Raises `BundleError` saying which file or field is wrong."""
+    bundle = load_bundle(path)
+    return Policy(bundle, bundle.meta_params, "meta")

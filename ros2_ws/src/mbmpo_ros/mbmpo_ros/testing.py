@@ -7,7 +7,6 @@ Imported as `mbmpo_ros.testing` by `tests/` and `benchmarks/` alike (the package
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import os
@@ -24,6 +23,8 @@ import rclpy
 from rclpy.context import Context
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
+
+from mbmpo.runtime.format import sha256
 
 ROOT = Path(__file__).resolve().parents[4]  # the repository (ros2_ws/src/mbmpo_ros/mbmpo_ros/testing.py)
 TINY_CONFIG = ROOT / "tests" / "configs" / "tiny.yaml"
@@ -129,6 +130,6 @@ def bundle_variant(source: Path, target: Path, reward_code: str | None = None,
         arrays.update({f"explore/{k}": np.asarray(v, np.float32) for k, v in explore_params.items()})
         np.savez(target / "params.npz", **arrays)
     for name in manifest["files"]:
-        manifest["files"][name] = hashlib.sha256((target / name).read_bytes()).hexdigest()
+        manifest["files"][name] = sha256(target / name)
     (target / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return target

@@ -30,7 +30,8 @@ from mbmpo.config import Config, default_config_path, load_config
 from mbmpo.deploy.bag import read_messages
 from mbmpo.deploy.intake import Intake
 from mbmpo.deploy.transitions import TransitionRecord, assemble_episodes
-from mbmpo.export.bundle import export_policy, sha256
+from mbmpo.export.bundle import export_policy
+from mbmpo.runtime.format import sha256
 from mbmpo.policy.gaussian import stack_params
 from mbmpo.tasks import get_task
 from mbmpo.train.logger import plot_learning_curve
