@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup demo test test-fast bench bench-deps clean
+.PHONY: setup demo test test-fast lint bench bench-deps clean
 
 ROS_IFACE := ros2_ws/src/mbmpo_interfaces
 $(STAMP): requirements.txt requirements-ros.txt pyproject.toml scripts/build_interfaces.sh \
@@ -29,8 +29,13 @@ demo: $(STAMP)
 	rm -rf runs/demo
 	$(VENV)/bin/mbmpo-bringup train sim:=mujoco task:=InvertedPendulum-v5 out:=runs/demo steps:=20000 target_return:=190 duration:=900
 
-test: $(STAMP)
+test: $(STAMP) lint
 	$(PY) -m pytest -q tests
+
+# ruff and mypy, pinned in requirements.txt, configured in pyproject.toml
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" tests

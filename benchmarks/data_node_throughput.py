@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,9 +22,8 @@ import numpy as np
 
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")  # DDS stays on this machine
 ROOT = Path(__file__).resolve().parent.parent
-from results import record  # noqa: E402
-
 from mbmpo_ros.testing import Probe, next_domain, read_report, start_node, stop_node  # noqa: E402
+from results import record  # noqa: E402
 
 
 def offer(rate: float, seconds: float, folder: Path) -> dict:

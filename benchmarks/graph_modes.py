@@ -27,8 +27,9 @@ import sys
 import time
 from pathlib import Path
 
-from results import record  # noqa: E402
+from mbmpo.train.progress import read_progress
 from mbmpo_ros.testing import read_report  # noqa: E402
+from results import record  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 PLOTS = ROOT / "benchmarks" / "plots"
@@ -36,8 +37,7 @@ Row = tuple[int, float, float]  # real steps, return_pre, wall seconds
 
 
 def progress(run: Path) -> list[Row]:
-    with open(run / "progress.csv") as f:
-        return [(int(r["real_steps"]), float(r["return_pre"]), float(r["wall_s"])) for r in csv.DictReader(f)]
+    return [(r.real_steps, r.return_pre, r.wall_s) for r in read_progress(run)]
 
 
 def run_sync(task: str, steps: int, seed: int, threshold: float, out: Path) -> dict:

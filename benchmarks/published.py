@@ -14,12 +14,12 @@ and writes the run's curve to benchmarks/plots/<task>_100k.png.
 from __future__ import annotations
 
 import argparse
-import csv
 import shutil
 import sys
 from pathlib import Path
 
-from results import record  # noqa: E402
+from mbmpo.train.progress import read_progress
+from results import record  # beside this script
 from sample_efficiency import PLOTS, SHORT  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,20 +46,19 @@ def main() -> None:
         if cli(train) != 0:
             raise SystemExit("training failed")
         command = ("mbmpo " + " ".join(train)).replace(f"{ROOT}/", "")
-    with open(run / "progress.csv") as f:
-        rows = list(csv.DictReader(f))
-    at = next((r for r in rows if int(r["real_steps"]) >= args.steps), None)
+    rows = read_progress(run)
+    at = next((r for r in rows if r.real_steps >= args.steps), None)
     if at is None:
-        raise SystemExit(f"{run} has not reached {args.steps} real steps (last: {rows[-1]['real_steps']})")
-    pre, post, wall = float(at["return_pre"]), float(at["return_post"]), float(at["wall_s"])
-    print(f"{args.task}: {at['real_steps']} real steps, return before adaptation {pre:.1f}, "
+        raise SystemExit(f"{run} has not reached {args.steps} real steps (last: {rows[-1].real_steps if rows else 0})")
+    pre, post, wall = at.return_pre, at.return_post, at.wall_s
+    print(f"{args.task}: {at.real_steps} real steps, return before adaptation {pre:.1f}, "
           f"adapted {post:.1f}, {wall:.0f} s wall ({wall / 3600:.2f} h)")
     PLOTS.mkdir(parents=True, exist_ok=True)
     if (run / "learning_curve.png").exists():
         shutil.copyfile(run / "learning_curve.png", PLOTS / f"{args.task}_100k.png")
     if not args.no_record:
         name = SHORT.get(args.task, args.task.lower())
-        where = f"at {int(at['real_steps']):,} real steps (the first iteration at or past {args.steps:,})"
+        where = f"at {at.real_steps:,} real steps (the first iteration at or past {args.steps:,})"
         record(f"{name}_return_at_100k", pre, f"mean return, 200-step episodes, {where}", command)
         record(f"{name}_return_post_at_100k", post, f"mean return, 200-step episodes, {where}", command)
         record(f"{name}_wall_s_to_100k", wall, f"s, {where}", command)

@@ -17,7 +17,6 @@ import argparse
 import itertools
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,10 +25,9 @@ import numpy as np
 
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")  # DDS stays on this machine
 ROOT = Path(__file__).resolve().parent.parent
+from mbmpo_ros.testing import Probe, next_domain, start_node, stop_node  # noqa: E402
 from results import record  # noqa: E402
 from runtime_latency import _bundle  # noqa: E402
-
-from mbmpo_ros.testing import Probe, next_domain, start_node, stop_node  # noqa: E402
 
 
 def joint_fields(obs_names: list[str]) -> list[str]:

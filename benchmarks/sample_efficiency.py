@@ -18,16 +18,15 @@ each needs to reach `--threshold` and their ratio (PPO / MB-MPO, medians over se
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from results import record  # noqa: E402
+from mbmpo.train.progress import read_progress
+from results import record  # beside this script
 
 ROOT = Path(__file__).resolve().parent.parent
 PLOTS = ROOT / "benchmarks" / "plots"
@@ -38,8 +37,7 @@ Curve = list[tuple[int, float]]  # (real steps, mean evaluation return)
 
 def mbmpo_curve(run: Path) -> Curve:
     """(real_steps, return_pre) per iteration from a run's progress.csv."""
-    with open(run / "progress.csv") as f:
-        return [(int(r["real_steps"]), float(r["return_pre"])) for r in csv.DictReader(f)]
+    return [(r.real_steps, r.return_pre) for r in read_progress(run)]
 
 
 def run_mbmpo(task: str, seed: int, steps: int, out: Path, config: Path | None, threads: int,

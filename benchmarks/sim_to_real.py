@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for seed in range(args.seeds):
             r = evaluate_bundle(args.policy, task, args.episodes, True, perturb, args.adapt_episodes, seed=1000 * seed)
             pre.append(r["return_pre_mean"])
-            post.append(r["return_post_mean"])
+            post.append(r["return_adapted_mean"])
             kls.append(r.get("adapt_kl", float("nan")))
             refused += "adapt_refused" in r  # a refused step keeps the meta-policy: change 0
         change = np.asarray(post) - np.asarray(pre)

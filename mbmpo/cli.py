@@ -73,6 +73,7 @@ def _train(args: argparse.Namespace) -> int:
     from mbmpo.config import Config, default_config_path, load_config
     from mbmpo.tasks import get_task
     from mbmpo.train.logger import plot_learning_curve
+    from mbmpo.train.progress import ProgressRow
     from mbmpo.train.trainer import Trainer
 
     if args.steps < 1:
@@ -88,17 +89,17 @@ def _train(args: argparse.Namespace) -> int:
     bar = tqdm(total=args.steps, initial=min(trainer.buffer.total_steps, args.steps), unit="step",
                desc=f"MB-MPO {task.name}", disable=args.no_progress, dynamic_ncols=True)
 
-    def report(row: dict) -> None:
-        bar.update(max(0, min(row["real_steps"], args.steps) - bar.n))
-        bar.set_postfix(ret_pre=f"{row['return_pre']:.1f}", ret_post=f"{row['return_post']:.1f}")
+    def report(row: ProgressRow) -> None:
+        bar.update(max(0, min(row.real_steps, args.steps) - bar.n))
+        bar.set_postfix(ret_pre=f"{row.return_pre:.1f}", ret_post=f"{row.return_post:.1f}")
 
     rows = trainer.train(args.steps, report, target_return=args.target_return)
     bar.close()
     curve = plot_learning_curve(args.out, f"MB-MPO on {task.name}")
     if rows:
         last = rows[-1]
-        print(f"{task.name}: {last['real_steps']} real steps, return pre {last['return_pre']:.1f}, "
-              f"post {last['return_post']:.1f}, {last['wall_s']:.0f} s; curve {curve}")
+        print(f"{task.name}: {last.real_steps} real steps, return pre {last.return_pre:.1f}, "
+              f"post {last.return_post:.1f}, {last.wall_s:.0f} s; curve {curve}")
     return 0
 
 

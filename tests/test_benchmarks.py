@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 import results  # benchmarks/ is on the test path (pyproject: pythonpath)
 
 

@@ -10,8 +10,8 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pytest
@@ -295,7 +295,8 @@ def test_trainer_sigkill_mid_iteration_resumes_without_losing_or_repeating_data(
         writer.segments
     print(f"\nRELIABILITY trainer-sigkill: killed after iteration 2 saved its data; resumed at iteration "
           f"1 with the {saved_steps} saved steps; policy node "
-          f"sent {rate_down:.1f} policy commands/s (states at 25 Hz) on '{version}' while the trainer was down; final {final['real_steps']}"
+          f"sent {rate_down:.1f} policy commands/s (states at 25 Hz) on '{version}' while the trainer was down; "
+          f"final {final['real_steps']}"
           f" steps = bag {in_bag}")
 
 

@@ -1,6 +1,5 @@
 """End to end: MB-MPO solves InvertedPendulum-v5 (200-step episodes) within 10,000 real steps."""
 
-import csv
 from pathlib import Path
 
 import pytest
@@ -9,6 +8,7 @@ from mbmpo.cli import main
 from mbmpo.policy.gaussian import init_params
 from mbmpo.rollouts.real import run_episodes
 from mbmpo.tasks import get_task
+from mbmpo.train.progress import read_progress
 
 
 @pytest.mark.slow
@@ -21,9 +21,8 @@ def test_inverted_pendulum_reaches_190_within_10k_steps(tmp_path: Path) -> None:
     out = tmp_path / "run"
     assert main(["train", "--task", "InvertedPendulum-v5", "--steps", "10000", "--seed", "1", "--out", str(out),
                  "--target-return", "190", "--no-progress"]) == 0
-    with (out / "progress.csv").open() as f:
-        rows = list(csv.DictReader(f))
-    solved = [r for r in rows if float(r["return_pre"]) >= 190.0]
-    assert solved, f"never reached 190: {[(r['real_steps'], r['return_pre']) for r in rows]}"
-    assert int(solved[0]["real_steps"]) <= 10_000
-    assert float(solved[0]["return_post"]) >= 150.0  # the adapted policies work on the real system too
+    rows = read_progress(out)
+    solved = [r for r in rows if r.return_pre >= 190.0]
+    assert solved, f"never reached 190: {[(r.real_steps, r.return_pre) for r in rows]}"
+    assert solved[0].real_steps <= 10_000
+    assert solved[0].return_post >= 150.0  # the adapted policies work on the real system too

@@ -96,7 +96,8 @@ def test_policy_node_acts_guards_and_falls_back_to_safe_command(pendulum_bundle:
     try:
         cmds: list[tuple[float, list]] = []
         transitions: list[Transition] = []
-        probe.node.create_subscription(Float64MultiArray, "commands", lambda m: cmds.append((time.monotonic(), list(m.data))), 100)
+        probe.node.create_subscription(Float64MultiArray, "commands",
+                                       lambda m: cmds.append((time.monotonic(), list(m.data))), 100)
         probe.node.create_subscription(Transition, "transitions", transitions.append, RELIABLE)
         state_pub = probe.node.create_publisher(JointState, "joint_states", 10)
         probe.spin_for(2.0)  # discovery
@@ -167,7 +168,6 @@ def test_explore_waits_for_a_recorder_before_it_acts(pendulum_bundle: Path) -> N
 def test_policy_node_refuses_a_corrupt_bundle_from_the_trainer(pendulum_bundle: Path, tmp_path: Path) -> None:
     """Truncated, wrong-hash, corrupt (hash matching), path-escaping and code-carrying bundles are refused and
     logged while the old policy keeps acting; then a good one is taken (so the refusals are not blanket)."""
-    from mbmpo.runtime.format import sha256
     from mbmpo_interfaces.msg import BundleFile, PolicyBundle
 
     marker = tmp_path / "executed"

@@ -15,8 +15,9 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import yaml
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
@@ -160,8 +161,8 @@ def read_messages(bag_dir: Path, segments: list[str] | None = None, typestore: A
 
     for name in segments:
         with (bag_dir / name).open("rb") as f:
-            reader = make_reader(f)
-            schemas = {}
-            for schema, channel, message in reader.iter_messages():
+            mcap: Any = make_reader(f)  # mcap's McapReader
+            schemas: dict[int, str] = {}
+            for schema, channel, message in mcap.iter_messages():
                 schemas.setdefault(channel.id, schema.name)
                 yield message.log_time, store.deserialize_cdr(message.data, schemas[channel.id])

@@ -122,17 +122,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def summary(out: Path) -> str:
     """What a training run left in its output folder."""
-    import csv
+    from mbmpo.train.progress import read_progress
 
     lines = [f"mbmpo-bringup: output in {out}"]
-    progress = out / "progress.csv"
-    if progress.is_file():
-        with progress.open() as f:
-            rows = list(csv.DictReader(f))
-        if rows:
-            last = rows[-1]
-            lines.append(f"  {len(rows)} iterations, {last['real_steps']} real steps used, return before adaptation "
-                         f"{float(last['return_pre']):.1f}, after {float(last['return_post']):.1f}, {last['wall_s']} s")
+    rows = read_progress(out)
+    if rows:
+        last = rows[-1]
+        lines.append(f"  {len(rows)} iterations, {last.real_steps} real steps used, return before adaptation "
+                     f"{last.return_pre:.1f}, after {last.return_post:.1f}, {last.wall_s} s")
     bag = out / "bag" / "metadata.yaml"
     if bag.is_file():
         info = yaml.safe_load(bag.read_text())["rosbag2_bagfile_information"]

@@ -8,7 +8,7 @@ values are looked up by name, so a driver that reorders joints cannot silently s
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

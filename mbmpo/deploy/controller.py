@@ -22,9 +22,10 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -227,18 +228,20 @@ class Controller:
         if stamp_ns == self.last_stamp or self.builder is None:
             return None  # a re-sent state already used, or no policy yet
         if self.last_stamp is not None and stamp_ns < self.last_stamp:  # late or replayed: never act on the past
-            return self._bad_state("stamped before the last state used")
+            self._bad_state("stamped before the last state used")
+            return None
         try:
             obs = self.builder.build(names, positions, velocities)
         except ObservationError as err:
-            return self._bad_state(str(err))
+            self._bad_state(str(err))
+            return None
         self.last_stamp = stamp_ns
         self.watchdog.feed(now)
         self.latest = obs
         return obs
 
     def _bad_state(self, why: str) -> None:
-        """Count and log a refused state; always None (nothing to act on)."""
+        """Count and log a refused state."""
         self.counts["bad_states"] += 1
         self.log("warning", f"state rejected: {why}")
         return None

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import numpy as np
 
@@ -26,7 +26,7 @@ class TransitionRecord:
     stamp_ns: int
 
     @classmethod
-    def from_msg(cls, msg: object) -> "TransitionRecord":
+    def from_msg(cls, msg: object) -> TransitionRecord:
         """From an rclpy or rosbags Transition message."""
         stamp = msg.stamp  # type: ignore[attr-defined]
         return cls(int(msg.episode_id), int(msg.step), str(msg.policy_id),  # type: ignore[attr-defined]

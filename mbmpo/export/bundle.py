@@ -48,8 +48,8 @@ def _add_defaults_and_metadata(path: Path, defaults: dict[str, np.ndarray], meta
     model.graph.input.extend(kept)
     for name, value in defaults.items():
         model.graph.initializer.append(onnx.numpy_helper.from_array(value.astype(np.float32), name))
-    for key, value in metadata.items():
-        model.metadata_props.add(key=key, value=value)
+    for key, text in metadata.items():
+        model.metadata_props.add(key=key, value=text)
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
 
@@ -89,7 +89,7 @@ def export_policy(params: Params, adapted: Params, task: TaskSpec, meta_cfg: dic
 
     arrays = {f"meta/{k}": params[k].numpy() for k in names}
     arrays.update({f"explore/{k}": adapted[k].numpy() for k in names})
-    np.savez(out_dir / "params.npz", **arrays)
+    np.savez(out_dir / "params.npz", **arrays)  # type: ignore[arg-type]  # numpy's stub types the first kwarg
 
     reward_file, reward_fn = function_source(task.reward_ref)
     shutil.copyfile(reward_file, out_dir / "reward.py")

@@ -28,7 +28,7 @@ class InnerStep:
     kl: float = 0.0
 
     @classmethod
-    def of(cls, step: "InnerStep | float") -> "InnerStep":
+    def of(cls, step: InnerStep | float) -> InnerStep:
         return step if isinstance(step, InnerStep) else cls(float(step))
 
 
@@ -77,7 +77,7 @@ def step_kl_curvature(stacked: Params, grads: Params, obs: Tensor, mask: Tensor)
     with torch.no_grad():
         policy = {k: v.detach().contiguous() for k, v in stacked.items()}
         tangent = {k: grads[k].detach() for k in policy}
-        _, d_mean = jvp(lambda p: mean_action(p, obs), (policy,), (tangent,))  # T x N x H x A
+        d_mean = jvp(lambda p: mean_action(p, obs), (policy,), (tangent,))[1]  # T x N x H x A
         inv_var = torch.exp(-2.0 * policy["log_std"]).reshape(obs.shape[0], 1, 1, -1)
         mean_part = masked_task_mean((d_mean * d_mean * inv_var).sum(-1), mask)
         return mean_part + 2.0 * (tangent["log_std"] ** 2).sum(-1)

@@ -59,7 +59,7 @@ class TransitionBuffer:
         tmp.replace(path)
 
     @classmethod
-    def load(cls, path: Path, obs_dim: int, act_dim: int, capacity: int) -> "TransitionBuffer":
+    def load(cls, path: Path, obs_dim: int, act_dim: int, capacity: int) -> TransitionBuffer:
         try:
             with np.load(path, allow_pickle=False) as data:
                 buf = cls(obs_dim, act_dim, capacity)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from mbmpo.config import ModelConfig
 from mbmpo.models.normalizer import Normalizer
 
-_ACT = {"relu": F.relu, "tanh": torch.tanh, "swish": F.silu}
+_ACT: dict[str, Callable[[Tensor], Tensor]] = {"relu": F.relu, "tanh": torch.tanh, "swish": F.silu}
 
 
 class EnsembleLinear(nn.Module):
@@ -57,7 +57,7 @@ class DynamicsEnsemble(nn.Module):
         sizes = (obs_dim + act_dim, *cfg.hidden, obs_dim)
         self.layers = nn.ModuleList(
             EnsembleLinear(cfg.ensemble_size, a, b, cfg.weight_norm) for a, b in zip(sizes[:-1], sizes[1:]))
-        self.activation = _ACT[cfg.activation]
+        self.activation: Callable[[Tensor], Tensor] = _ACT[cfg.activation]
         self.in_norm = Normalizer(obs_dim + act_dim, cfg.min_std)
         self.out_norm = Normalizer(obs_dim, cfg.min_std)
 
@@ -80,14 +80,15 @@ class DynamicsEnsemble(nn.Module):
     @contextlib.contextmanager
     def frozen_weights(self) -> Iterator[None]:
         """Compute the weight-normalised weights once for many forward passes (imagination), not per pass."""
+        layers = [m for m in self.layers if isinstance(m, EnsembleLinear)]
         with torch.no_grad():
-            for layer in self.layers:
+            for layer in layers:
                 layer.cached = None
                 layer.cached = layer.weight()
         try:
             yield
         finally:
-            for layer in self.layers:
+            for layer in layers:
                 layer.cached = None
 
     @torch.no_grad()

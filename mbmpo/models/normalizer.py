@@ -9,6 +9,9 @@ from torch import Tensor, nn
 class Normalizer(nn.Module):
     """x -> (x - mean) / std per feature; std floored at `min_std`."""
 
+    mean: Tensor  # size (a buffer: saved with the module, moved with it)
+    std: Tensor  # size
+
     def __init__(self, size: int, min_std: float = 1e-6):
         super().__init__()
         self.min_std = min_std

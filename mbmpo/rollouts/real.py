@@ -21,7 +21,7 @@ def run_episodes(task: TaskSpec, envs: list[Any], params: Params | None, seeds: 
     n = len(envs)
     rng = rng or np.random.default_rng(seeds[0] if seeds else 0)
     batched = params is not None and params["w0"].dim() == 3
-    if batched and params["w0"].shape[0] != n:
+    if params is not None and batched and params["w0"].shape[0] != n:
         raise ValueError(f"{params['w0'].shape[0]} parameter sets for {n} environments")
     obs = [env.reset(seed=int(s))[0] for env, s in zip(envs, seeds)]
     traj_obs: list[list[np.ndarray]] = [[np.asarray(o, np.float32)] for o in obs]

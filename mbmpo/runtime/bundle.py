@@ -5,9 +5,10 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -59,7 +60,8 @@ def _session(path: Path | bytes, initializers: dict[str, np.ndarray] | None = No
         session._mbmpo_values = values  # the OrtValues must outlive the session
         return session
     except Exception as err:
-        raise BundleError(f"{path}: not a loadable ONNX model: {str(err).splitlines()[0]}") from None
+        where = "policy.onnx (bytes)" if isinstance(path, bytes) else path
+        raise BundleError(f"{where}: not a loadable ONNX model: {str(err).splitlines()[0]}") from None
 
 
 def _load_function(file: Path, name: str) -> Callable[..., Any]:

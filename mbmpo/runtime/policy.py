@@ -6,8 +6,8 @@ swap policies atomically at an episode boundary or keep the old one.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -37,6 +37,7 @@ class Policy:
         # that is also a graph output (policy.onnx's action_log_std), so every session reported the
         # meta-policy's log-std and adapted or exploration policies sampled with the wrong std
         self.log_std = np.asarray(params["log_std"], np.float32)
+        self.kl_from_parent = 0.0  # an adapted policy: mean KL(parent || self) on the data it adapted on
         self._low = np.asarray(bundle.manifest["act_low"], np.float32)
         self._high = np.asarray(bundle.manifest["act_high"], np.float32)
 
@@ -72,7 +73,7 @@ class Policy:
         np.minimum(np.maximum(mean, self._low, out=mean), self._high, out=mean)  # np.clip is slower here
         return mean[0] if single else mean
 
-    def exploration(self, k: int) -> "Policy":
+    def exploration(self, k: int) -> Policy:
         """The k-th adapted parameter set of the last training iteration (what MB-MPO explores with)."""
         n = self.manifest["n_explore"]
         if not 0 <= k < n:
@@ -82,10 +83,10 @@ class Policy:
             cache[k] = Policy(self.bundle, {name: v[k] for name, v in self.bundle.explore_params.items()}, f"explore{k}")
         return cache[k]
 
-    def meta(self) -> "Policy":
+    def meta(self) -> Policy:
         return Policy(self.bundle, self.bundle.meta_params, "meta")
 
-    def warm(self) -> "Policy":
+    def warm(self) -> Policy:
         """Build every exploration policy's session now (call before the control loop starts)."""
         for k in range(self.manifest["n_explore"]):
             self.exploration(k)
@@ -98,7 +99,7 @@ class Policy:
         return advantages(obs, rew, mask, m["gamma"], m["gae_lambda"], m["normalize_advantages"])
 
     def adapt(self, episodes: Sequence[tuple[np.ndarray, ...]], alpha: float | None = None,
-              max_kl: float | None = None) -> "Policy":
+              max_kl: float | None = None) -> Policy:
         """ONE policy-gradient step from real episodes; returns a NEW policy.
 
         episodes: each (obs (L+1) x D, act L x A) with rewards computed by the bundle's reward function,
@@ -140,7 +141,7 @@ class Policy:
         adapted.kl_from_parent = kl
         return adapted
 
-    def kl_to(self, other: "Policy", obs: np.ndarray) -> float:
+    def kl_to(self, other: Policy, obs: np.ndarray) -> float:
         """Mean KL(self || other) over states obs B x D."""
         mean_p, log_std_p = self.distribution(obs)
         mean_q, log_std_q = other.distribution(obs)

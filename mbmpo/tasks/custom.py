@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import gymnasium as gym
 import mujoco
@@ -94,7 +95,8 @@ class MjcfEnv(gym.Env):
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
         obs = self._obs()
-        act = np.clip(np.asarray(action, dtype=np.float64), self.action_space.low, self.action_space.high)
+        space: Any = self.action_space  # a Box
+        act = np.clip(np.asarray(action, dtype=np.float64), space.low, space.high)
         self.data.ctrl[:] = act
         mujoco.mj_step(self.model, self.data, nstep=self.frame_skip)
         next_obs = self._obs()
@@ -103,7 +105,7 @@ class MjcfEnv(gym.Env):
         return next_obs, reward, done, False, {}
 
 
-def _make_env(horizon: int, **kwargs: Any) -> gym.Env:
+def _make_env(horizon: int = 200, **kwargs: Any) -> gym.Env:
     return gym.wrappers.TimeLimit(MjcfEnv(**kwargs), max_episode_steps=horizon)
 
 
@@ -153,7 +155,7 @@ def load_task_yaml(path: str | Path) -> TaskSpec:
     termination_fn = resolve_function(str(term_ref), base, f"task file {path}: termination") if term_ref else None
     qpos_names, qvel_names = state_names(model)
     low, high = model.actuator_ctrlrange.T.astype(np.float32)
-    env_kwargs = dict(mjcf=mjcf, frame_skip=frame_skip, qpos_idx=qpos_idx, qvel_idx=qvel_idx,
+    env_kwargs: dict[str, Any] = dict(mjcf=mjcf, frame_skip=frame_skip, qpos_idx=qpos_idx, qvel_idx=qvel_idx,
                       reward_fn=reward_fn, termination_fn=termination_fn,
                       reset_noise=float(raw.get("reset_noise", 0.01)))
     module_file = lambda ref: str(base / (ref.partition(":")[0].replace(".", "/") + ".py")) + ":" + ref.partition(":")[2]

@@ -40,11 +40,11 @@ def _builtin(name: str) -> TaskSpec:
     kwargs, reward, termination, skip = _BUILTIN[name]
     env = gym.make(name, **kwargs)
     try:
-        space = env.action_space
-        inner = env.unwrapped
+        space: Any = env.action_space  # a Box
+        inner: Any = env.unwrapped  # the MuJoCo env
         qpos_names, qvel_names = state_names(inner.model)
         obs_names = tuple(qpos_names[skip:]) + tuple(qvel_names)
-        obs_dim = int(env.observation_space.shape[0])
+        obs_dim = int(np.prod(env.observation_space.shape or (0,)))
         if len(obs_names) != obs_dim:  # layouts with extra entries: fall back to indices
             obs_names = tuple(f"obs[{i}]" for i in range(obs_dim))
         act_names = tuple(inner.model.actuator(i).name or f"act[{i}]" for i in range(inner.model.nu))

@@ -39,7 +39,8 @@ def check_contract(policy: Policy, task: TaskSpec) -> None:
 
 def evaluate_bundle(pdir: Path, task: TaskSpec, episodes: int, adapt: bool, perturb: dict[str, float],
                     adapt_episodes: int = 4, seed: int = 12345) -> dict[str, Any]:
-    """Returns before (meta-policy) and, with `adapt`, after ONE adaptation step from fresh episodes."""
+    """Returns before (meta-policy, `return_pre_*`) and, with `adapt`, after ONE adaptation step from fresh
+    real episodes (`return_adapted_*`; `return_post` names the model-adapted policies of training)."""
     if episodes < 1:
         raise UserError("--episodes must be >= 1")
     try:
@@ -63,6 +64,6 @@ def evaluate_bundle(pdir: Path, task: TaskSpec, episodes: int, adapt: bool, pert
             adapted, result["adapt_refused"] = policy, str(err)
         post = [runtime_episode(adapted, env, seed + i, task.horizon, True, rng)[2] for i in range(episodes)]
         result.update({"adapt_transitions": int(sum(len(a) for _, a, _ in fresh)),
-                       "return_post_mean": float(np.mean(post)), "return_post_std": float(np.std(post))})
+                       "return_adapted_mean": float(np.mean(post)), "return_adapted_std": float(np.std(post))})
     env.close()
     return result

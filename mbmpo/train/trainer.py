@@ -11,10 +11,11 @@ transition, saved right after collection), `checkpoint.pt` (after each iteration
 
 from __future__ import annotations
 
+import enum
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -32,6 +33,7 @@ from mbmpo.rollouts.real import random_episodes, run_episodes
 from mbmpo.tasks.base import TaskSpec
 from mbmpo.train.checkpoint import CHECKPOINT, check_task_matches, load_checkpoint, save_checkpoint
 from mbmpo.train.logger import RunLogger
+from mbmpo.train.progress import ProgressRow
 
 DATA = "data.npz"
 CONFIG = "config.yaml"
@@ -44,6 +46,18 @@ class RunState:
     iteration: int
     params: Params  # the meta-policy theta
     adapted: Params | None  # theta'_k of the last meta-phase, T x ... (None before the first)
+
+
+class Stream(enum.IntEnum):
+    """The random streams of one iteration, each seeded from (run seed, iteration, stream): adding draws to
+    one never shifts another. Episode streams add the episode's index to their base."""
+
+    RANDOM_ACTIONS = 1  # the uniform random data before the first iteration
+    EXPLORATION_NOISE = 2  # action noise of the adapted policies' real episodes
+    MODEL_FIT = 3  # validation splits and minibatches
+    META = 4  # imagined start states and action noise
+    EXPLORATION_RESETS = 100  # + episode index: reset states of the real exploration episodes
+    EVALUATION_RESETS = 10_000  # + episode index: reset states of the evaluation episodes
 
 
 def _seed(seed: int, iteration: int, stream: int) -> int:
@@ -122,24 +136,24 @@ class Trainer:
         """Random episodes first, then episodes of every adapted policy (tailored exploration)."""
         if self.state.adapted is None:
             return random_episodes(self.task, self.envs[0], self.cfg.collect.initial_random_steps,
-                                   self.real_horizon, _seed(self.seed, iteration, 1))
-        gen = torch.Generator().manual_seed(_seed(self.seed, iteration, 2))
+                                   self.real_horizon, _seed(self.seed, iteration, Stream.RANDOM_ACTIONS))
+        gen = torch.Generator().manual_seed(_seed(self.seed, iteration, Stream.EXPLORATION_NOISE))
         episodes = []
         for r in range(self.cfg.collect.rollouts_per_task):
-            seeds = [_seed(self.seed, iteration, 100 + r * self.n_tasks + j) for j in range(self.n_tasks)]
+            seeds = [_seed(self.seed, iteration, Stream.EXPLORATION_RESETS + r * self.n_tasks + j) for j in range(self.n_tasks)]
             episodes += run_episodes(self.task, self.envs, self.state.adapted, seeds, self.real_horizon,
                                      generator=gen)
         return episodes
 
     def fit(self, iteration: int):
         b = self.buffer
-        gen = torch.Generator().manual_seed(_seed(self.seed, iteration, 3))
+        gen = torch.Generator().manual_seed(_seed(self.seed, iteration, Stream.MODEL_FIT))
         return fit_ensemble(self.ensemble, self.optimizer, torch.as_tensor(b.obs), torch.as_tensor(b.act),
                             torch.as_tensor(b.next_obs), self.cfg.model, gen)
 
     def evaluate(self, iteration: int, episodes: int) -> tuple[float, float]:
         """Deterministic real returns of the meta-policy and of one adapted policy per ensemble member."""
-        seeds = [_seed(self.seed, iteration, 10_000 + j) for j in range(max(episodes, 1))]
+        seeds = [_seed(self.seed, iteration, Stream.EVALUATION_RESETS + j) for j in range(max(episodes, 1))]
         pre = [run_episodes(self.task, [self.eval_env], self.state.params, [s], self.real_horizon,
                             deterministic=True)[0].ret for s in seeds[:episodes]]
         post = []
@@ -167,7 +181,7 @@ class Trainer:
         return self.ckpt_steps is not None and self.buffer.total_steps > self.ckpt_steps
 
     # ---- the loop ----------------------------------------------------------------------------------
-    def iterate(self, episodes: list | None = None) -> dict[str, Any]:
+    def iterate(self, episodes: list | None = None) -> ProgressRow:
         """One MB-MPO iteration; returns the progress row.
 
         `episodes` are real episodes collected elsewhere (e.g. by the ROS policy node); without them the
@@ -190,7 +204,7 @@ class Trainer:
         t1 = time.perf_counter()
         fit = self.fit(it)
         t2 = time.perf_counter()
-        gen = torch.Generator().manual_seed(_seed(self.seed, it, 4))
+        gen = torch.Generator().manual_seed(_seed(self.seed, it, Stream.META))
         starts = torch.as_tensor(self.buffer.starts if self.cfg.meta.start_states == "reset" else self.buffer.obs)
         params, adapted, meta = meta_optimize(self.ensemble, self.state.params, starts, self.task, self.cfg.meta,
                                               self.imagined_horizon, gen)
@@ -199,27 +213,23 @@ class Trainer:
         ret_pre, ret_post = self.evaluate(it, self.cfg.collect.eval_episodes)
         t4 = time.perf_counter()
         collected = [e.ret for e in fresh] if exploring else []
-        row: dict[str, Any] = {
-            "iteration": it, "real_steps": self.buffer.total_steps,
-            "return_pre": round(ret_pre, 3), "return_post": round(ret_post, 3),
-            "wall_s": round(self.wall_offset + t4 - self._start, 2),
-            "return_collect": round(float(np.mean(collected)), 3) if collected else "",
-            "imagined_return_pre": round(meta.imagined_return_pre, 3),
-            "imagined_return_post": round(meta.imagined_return_post, 3),
-            "imagined_gain": round(meta.imagined_gain, 3), "real_gain": round(ret_post - ret_pre, 3),
-            "kl_pre_post": meta.kl_pre_post, "policy_std": meta.policy_std, "inner_lr": meta.inner_lr, "kl_outer": meta.kl_outer, "rejected_steps": meta.rejected_steps,
-            "model_val_loss": float(np.mean(fit.val_loss)), "model_epochs": int(np.mean(fit.epochs)),
-            "disagreement": self.disagreement(fresh),
-            "t_collect": round(t1 - t0, 3), "t_fit": round(t2 - t1, 3), "t_meta": round(t3 - t2, 3),
-            "t_eval": round(t4 - t3, 3),
-        }
-        row.update({f"val_loss_m{k}": v for k, v in enumerate(fit.val_loss)})
+        row = ProgressRow(
+            iteration=it, real_steps=self.buffer.total_steps, return_pre=round(ret_pre, 3),
+            return_post=round(ret_post, 3), wall_s=round(self.wall_offset + t4 - self._start, 2),
+            return_collect=round(float(np.mean(collected)), 3) if collected else None,
+            imagined_return_pre=round(meta.imagined_return_pre, 3),
+            imagined_return_post=round(meta.imagined_return_post, 3), imagined_gain=round(meta.imagined_gain, 3),
+            real_gain=round(ret_post - ret_pre, 3), kl_pre_post=meta.kl_pre_post, policy_std=meta.policy_std,
+            inner_lr=meta.inner_lr, kl_outer=meta.kl_outer, rejected_steps=meta.rejected_steps,
+            model_val_loss=float(np.mean(fit.val_loss)), model_epochs=int(np.mean(fit.epochs)),
+            disagreement=self.disagreement(fresh), t_collect=round(t1 - t0, 3), t_fit=round(t2 - t1, 3),
+            t_meta=round(t3 - t2, 3), t_eval=round(t4 - t3, 3), val_loss=tuple(float(v) for v in fit.val_loss))
         self.logger.log(row)
-        self._checkpoint(row["wall_s"])
+        self._checkpoint(row.wall_s)
         return row
 
-    def train(self, total_steps: int, on_iteration: Callable[[dict[str, Any]], None] | None = None,
-              target_return: float | None = None) -> list[dict]:
+    def train(self, total_steps: int, on_iteration: Callable[[ProgressRow], None] | None = None,
+              target_return: float | None = None) -> list[ProgressRow]:
         """Iterate until `total_steps` real transitions have been collected, or until the meta-policy's
         evaluation return reaches `target_return` (if given)."""
         self._start = time.perf_counter()
@@ -229,7 +239,7 @@ class Trainer:
             rows.append(row)
             if on_iteration is not None:
                 on_iteration(row)
-            if target_return is not None and row["return_pre"] >= target_return:
+            if target_return is not None and row.return_pre >= target_return:
                 break
         self.logger.close()
         return rows

@@ -15,6 +15,7 @@ import json
 import time
 
 import numpy as np
+from rclpy.node import Node
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray, String
 from std_srvs.srv import Trigger
@@ -24,7 +25,6 @@ from mbmpo.tasks import get_task
 from mbmpo.tasks.mujoco_names import state_names
 from mbmpo.tasks.perturb import apply_perturbations, parse_perturbations
 from mbmpo_ros.common import declare, run_node
-from rclpy.node import Node
 
 
 class SimNode(Node):
@@ -63,8 +63,12 @@ class SimNode(Node):
         if self.mode != "lockstep":
             self.create_timer(self.task.dt / (speedup if self.mode == "fast" else 1.0), self.on_timer)
         if self.mode == "lockstep":  # re-send the current state (same stamp) so a late-starting policy begins
-            self.create_timer(0.5, lambda: self.last_msg is not None and self.pub.publish(self.last_msg))
+            self.create_timer(0.5, self.resend_state)
         self.get_logger().info(f"{self.task.name} at {1 / self.task.dt:.0f} Hz, mode {self.mode}")
+
+    def resend_state(self) -> None:
+        if self.last_msg is not None:
+            self.pub.publish(self.last_msg)
 
     def publish_state(self) -> None:
         """Publish the current state (lockstep also re-sends it periodically, so late joiners start)."""
@@ -118,7 +122,8 @@ class SimNode(Node):
         self.resets += 1
         self.env.reset(seed=self.seed + self.resets)
         self.command = self.safe.copy()
-        self.pending = collections.deque([self.safe.copy()] * (self.pending.maxlen - 1), maxlen=self.pending.maxlen)
+        depth = self.pending.maxlen or 1
+        self.pending = collections.deque([self.safe.copy()] * (depth - 1), maxlen=depth)
         self.publish_state()
         response.success, response.message = True, f"reset {self.resets}"
         return response

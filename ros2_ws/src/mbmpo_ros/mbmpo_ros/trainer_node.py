@@ -31,10 +31,11 @@ from mbmpo.deploy.bag import read_messages
 from mbmpo.deploy.intake import Intake
 from mbmpo.deploy.transitions import TransitionRecord, assemble_episodes
 from mbmpo.export.bundle import export_policy
-from mbmpo.runtime.format import sha256
 from mbmpo.policy.gaussian import stack_params
+from mbmpo.runtime.format import sha256
 from mbmpo.tasks import get_task
 from mbmpo.train.logger import plot_learning_curve
+from mbmpo.train.progress import ProgressRow
 from mbmpo.train.trainer import CHECKPOINT, Trainer
 from mbmpo_interfaces.msg import BundleFile, PolicyBundle
 from mbmpo_ros.common import declare, run_node
@@ -72,7 +73,7 @@ class TrainerNode(Node):
         self.create_subscription(String, "data_node/segments", self.on_segment,
                                  QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
         self.create_timer(1.0, self.publish_status)
-        self.last_row: dict = {}
+        self.last_row: ProgressRow | None = None
         self.publish_bundle()  # the current (possibly untrained) policy starts the exploration
         self.catch_up()
         self.worker = threading.Thread(target=self.loop, daemon=True)
@@ -140,10 +141,10 @@ class TrainerNode(Node):
             self.publish_bundle()
             self.log_bundle(row, newest_ns, t0)
             plot_learning_curve(self.out, f"MB-MPO (ROS) on {self.task.name}")
-            self.get_logger().info(f"iteration {row['iteration']}: {row['real_steps']} real steps, return pre "
-                                   f"{row['return_pre']:.1f} post {row['return_post']:.1f}")
+            self.get_logger().info(f"iteration {row.iteration}: {row.real_steps} real steps, return pre "
+                                   f"{row.return_pre:.1f} post {row.return_post:.1f}")
             if self.trainer.buffer.total_steps >= self.steps or (
-                    self.target_return and row["return_pre"] >= self.target_return):
+                    self.target_return and row.return_pre >= self.target_return):
                 self.done = True
                 self.get_logger().info(f"training done; the latest bundle is in {self.out / 'policy'}")
                 self.hand_over_last_bundle()
@@ -189,7 +190,7 @@ class TrainerNode(Node):
             msg.files.append(BundleFile(name=name, sha256=sha256(final / name), data=data))
         self.bundle_pub.publish(msg)
 
-    def log_bundle(self, row: dict, newest_ns: int, start_ns: int) -> None:
+    def log_bundle(self, row: ProgressRow, newest_ns: int, start_ns: int) -> None:
         """OUT/bundles.csv: per bundle, seconds from the newest transition it learned from to its publication
         (flush wait + intake + the iteration + export), and the iteration's own seconds."""
         now = time.time_ns()
@@ -198,13 +199,14 @@ class TrainerNode(Node):
         with path.open("a") as f:
             if new:
                 f.write("iteration,real_steps,data_to_bundle_s,iteration_s\n")
-            f.write(f"{row['iteration']},{row['real_steps']},{(now - newest_ns) / 1e9:.3f},{(now - start_ns) / 1e9:.3f}\n")
+            f.write(f"{row.iteration},{row.real_steps},{(now - newest_ns) / 1e9:.3f},{(now - start_ns) / 1e9:.3f}\n")
 
     def publish_status(self) -> None:
         with self.lock:
             waiting = self.intake.waiting()
         status = {"iteration": self.trainer.state.iteration, "real_steps": self.trainer.buffer.total_steps,
-                  "waiting_transitions": waiting, "done": self.done, "last": self.last_row}
+                  "waiting_transitions": waiting, "done": self.done,
+                  "last": self.last_row.to_dict() if self.last_row else {}}
         self.status_pub.publish(String(data=json.dumps(status, default=str)))
 
     def close(self) -> None:
