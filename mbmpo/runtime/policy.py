@@ -87,9 +87,11 @@ class Policy:
         return Policy(self.bundle, self.bundle.meta_params, "meta")
 
     def warm(self) -> Policy:
-        """Build every exploration policy's session now (call before the control loop starts)."""
-        for k in range(self.manifest["n_explore"]):
-            self.exploration(k)
+        """Build every exploration policy's session now and run it once (ONNX Runtime's first run allocates):
+        call before the control loop starts, or off it."""
+        probe = np.zeros((1, self.bundle.obs_dim), np.float32)
+        for policy in [self, *(self.exploration(k) for k in range(self.manifest["n_explore"]))]:
+            policy.session.run(None, {"obs": probe})
         return self
 
     def advantages(self, episodes: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> np.ndarray:
