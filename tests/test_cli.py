@@ -75,7 +75,7 @@ def test_resume_after_kill_between_collection_and_checkpoint(tmp_path: Path) -> 
     resumed = Trainer(task, cfg, tmp_path, seed=0, resume=True, tensorboard=False)
     assert resumed.buffer.total_steps == collected
     row = resumed.iterate()  # trains on the saved data instead of collecting again
-    assert row["real_steps"] == collected and row["iteration"] == 1
+    assert row.real_steps == collected and row.iteration == 1
 
 
 @pytest.mark.badinput
