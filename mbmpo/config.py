@@ -64,6 +64,7 @@ class MetaConfig:
     inner_lr: float = 0.001  # alpha: step size of the one VPG adaptation step (the start value when learned)
     learn_inner_lr: bool = False  # learn one step size per policy parameter in the outer step (Meta-SGD)
     inner_kl: float = 0.0  # > 0: scale each task's inner step to this KL(pre || post) instead of alpha
+    stop_window: int = 0  # > 0: end the outer steps once the imagined post-update return falls (mean of this many)
     outer: str = "trpo"  # trpo | ppo
     first_order: bool = False  # drop the second-order term of the meta-gradient (an extra, not default)
     meta_steps: int = 30  # outer steps per iteration
@@ -93,6 +94,7 @@ class MetaConfig:
         _check(0.0 < self.discount <= 1.0 and 0.0 <= self.gae_lambda <= 1.0, "meta.discount/gae_lambda range")
         _check(self.max_kl > 0.0, "meta.max_kl must be > 0")
         _check(self.inner_lr > 0.0 or not self.learn_inner_lr, "meta.inner_lr must be > 0 to be learned")
+        _check(self.stop_window >= 0, "meta.stop_window must be >= 0 (0: always meta_steps outer steps)")
         _check(self.inner_kl >= 0.0, "meta.inner_kl must be >= 0 (0: the fixed step size inner_lr)")
         _check(0.0 < self.cg_subsample <= 1.0, "meta.cg_subsample must be in (0, 1]")
 

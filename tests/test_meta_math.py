@@ -174,3 +174,12 @@ def test_kl_normalised_inner_step_moves_each_task_by_the_target_kl() -> None:
     kl = gaussian_kl(mean_pre, log_std_like(params, mean_pre), mean_post, log_std_like(adapted, mean_post))
     per_task = (kl * tr.mask).sum((1, 2)) / tr.mask.sum((1, 2))
     assert torch.allclose(per_task, torch.full((4,), 1e-4), rtol=0.05), per_task  # second order: small step
+
+
+def test_return_falling_compares_consecutive_window_means() -> None:
+    from mbmpo.meta.loop import return_falling
+
+    assert not return_falling([1, 2, 3], 2)  # too short to judge
+    assert not return_falling([1, 2, 3, 4], 2)
+    assert return_falling([1, 5, 3, 2], 2)  # mean 2.5 < mean 3.0
+    assert not return_falling([5, 1, 3, 2], 0)  # off

@@ -24,6 +24,7 @@ class MetaPhaseStats:
     kl_pre_post: float  # mean KL(pi_theta || pi_theta'_k) on pre-update states (last step)
     kl_outer: float  # mean KL of the last outer step (<= max_kl for TRPO)
     rejected_steps: int  # outer steps whose line search found no acceptable step
+    outer_steps: int  # outer steps taken (fewer than meta_steps when the imagined return fell)
     policy_std: float  # mean action std of the meta-policy, exp(log_std)
     inner_lr: float  # mean inner step size alpha (the fixed one unless learned)
 
@@ -54,14 +55,27 @@ def build_meta_batch(ensemble: DynamicsEnsemble, params: Params, starts: Tensor,
     return MetaBatch(pre, pre_adv, post, post_adv, adapted), adapted
 
 
+def return_falling(history: list[float], window: int) -> bool:
+    """True when the mean of the last `window` values is below the mean of the `window` before them."""
+    if window < 1 or len(history) < 2 * window:
+        return False
+    return sum(history[-window:]) < sum(history[-2 * window:-window])
+
+
 def meta_optimize(ensemble: DynamicsEnsemble, params: Params, starts: Tensor, task: TaskSpec, cfg: MetaConfig,
                   horizon: int, generator: torch.Generator) -> tuple[Params, Params, MetaPhaseStats]:
-    """Run `cfg.meta_steps` outer steps. Returns (new meta-params, adapted params T x ... for
-    collecting real data with the new meta-params, stats)."""
+    """Run up to `cfg.meta_steps` outer steps; with `cfg.stop_window` w > 0, stop once the post-update
+    imagined return, averaged over the last w steps, falls below its average over the w before (the
+    authors' `retrain_model_when_reward_decreases`: the policy has begun to exploit the models' errors).
+    Returns (new meta-params, adapted params T x ... for collecting real data with them, stats)."""
     rejected = 0
     kl_outer = 0.0
+    post_returns: list[float] = []
     for _ in range(cfg.meta_steps):
         batch, _ = build_meta_batch(ensemble, params, starts, task, cfg, horizon, generator)
+        post_returns.append(float(batch.post.returns.mean()))
+        if return_falling(post_returns, cfg.stop_window):
+            break
         params, step = meta_step(params, batch, cfg)
         rejected += int(step.backtracks < 0)
         kl_outer = step.kl
@@ -72,6 +86,7 @@ def meta_optimize(ensemble: DynamicsEnsemble, params: Params, starts: Tensor, ta
         kl_pre_post=kl_pre_post(params, adapted, batch.pre.obs, batch.pre.mask),
         kl_outer=kl_outer,
         rejected_steps=rejected,
+        outer_steps=len(post_returns) - int(return_falling(post_returns, cfg.stop_window)),
         policy_std=float(torch.exp(params["log_std"]).mean()),
         inner_lr=mean_step_size(params, cfg.inner_lr),
     )

@@ -38,6 +38,7 @@ class ProgressRow:
     inner_lr: float  # mean inner step size (fixed unless learned)
     kl_outer: float  # KL of the last outer step
     rejected_steps: int  # outer steps whose line search found nothing
+    outer_steps: int  # outer steps taken this iteration
     model_val_loss: float  # mean validation loss over members
     model_epochs: int
     disagreement: float  # ensemble std on the fresh real data, in target-standardised units

@@ -221,6 +221,7 @@ class Trainer:
             imagined_return_post=round(meta.imagined_return_post, 3), imagined_gain=round(meta.imagined_gain, 3),
             real_gain=round(ret_post - ret_pre, 3), kl_pre_post=meta.kl_pre_post, policy_std=meta.policy_std,
             inner_lr=meta.inner_lr, kl_outer=meta.kl_outer, rejected_steps=meta.rejected_steps,
+            outer_steps=meta.outer_steps,
             model_val_loss=float(np.mean(fit.val_loss)), model_epochs=int(np.mean(fit.epochs)),
             disagreement=self.disagreement(fresh), t_collect=round(t1 - t0, 3), t_fit=round(t2 - t1, 3),
             t_meta=round(t3 - t2, 3), t_eval=round(t4 - t3, 3), val_loss=tuple(float(v) for v in fit.val_loss))
