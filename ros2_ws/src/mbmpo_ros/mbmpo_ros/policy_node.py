@@ -66,6 +66,7 @@ class PolicyNode(Node):
         self.bundle_root = Path(declare(self, "bundle_dir", "", "where received bundles are unpacked") or
                                 tempfile.mkdtemp(prefix="mbmpo_policy_"))
 
+        self.warned: dict[str, float] = {}  # warning kind -> when it was last logged
         control = MutuallyExclusiveCallbackGroup()
         self.control_group = control
         self.work_ready = self.create_guard_condition(self.guarded(self.on_work_done), callback_group=control)
@@ -96,12 +97,17 @@ class PolicyNode(Node):
         self.get_logger().info(f"mode {settings.mode}, {'lockstep' if self.lockstep else 'timer'} control")
 
     def log(self, level: str, message: str) -> None:
-        """The controller's log lines (rclpy binds a severity to each call site: one call per level)."""
+        """The controller's log lines (rclpy binds a severity to each call site: one call per level).
+        Warnings are throttled to one a second per kind (the text before the first ':'), so a frequent one
+        never hides another."""
         logger = self.get_logger()
         if level == "error":
             logger.error(message)
         elif level == "warning":
-            logger.warning(message, throttle_duration_sec=1.0)
+            kind, now = message.split(":")[0], time.monotonic()
+            if now - self.warned.get(kind, -1e9) >= 1.0:
+                self.warned[kind] = now
+                logger.warning(message)
         else:
             logger.info(message)
 
