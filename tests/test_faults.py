@@ -557,3 +557,47 @@ def test_runtime_faults_give_safe_commands_and_the_policy_node_keeps_running(pen
             probe.close()
             code = stop_node(node)
         assert code == 0 and read_report(report)["faults"] > 0, (label, code)
+
+
+@pytest.mark.fault
+def test_sigint_during_a_training_iteration_abandons_it_cleanly_and_a_restart_trains_on_its_data(
+        tmp_path: Path) -> None:
+    """SIGINT (what `ros2 launch` sends every node at once) while the trainer is inside an iteration: it stops
+    between two steps with exit 0 (it used to abort: 'terminate called without an active exception'), keeps
+    no half-written checkpoint or progress row, and a restarted trainer trains on the saved data."""
+    from mbmpo.models.buffer import TransitionBuffer
+    from mbmpo.train.progress import read_progress
+
+    out = tmp_path / "run"
+    writer = SegmentedBagWriter(out / "bag", TOPIC, MSGTYPE)
+    in_bag = _write_episodes(writer, 0, 8)  # 160 steps: the first iteration
+    slow = tmp_path / "slow.yaml"  # the same tiny run with an iteration of many seconds (the restart keeps it)
+    slow.write_text(TINY_ROS.read_text().replace("meta_steps: 1,", "meta_steps: 800,"))
+    domain = next_domain()
+    params = {"task": "InvertedPendulum-v5", "config": str(slow), "out": str(out), "steps": 100000}
+    trainer = start_node("trainer_node", domain, params, log=tmp_path / "trainer1.log")
+    try:
+        end = time.monotonic() + 60
+        while not (out / "data.npz").exists() and time.monotonic() < end:  # the iteration has begun
+            time.sleep(0.1)
+        assert (out / "data.npz").exists(), (tmp_path / "trainer1.log").read_text()[-2000:]
+        time.sleep(2.0)  # well inside the fit or the meta-optimisation
+    finally:
+        t0 = time.monotonic()
+        code = stop_node(trainer, signal.SIGINT, timeout=30)
+        stopped_s = time.monotonic() - t0
+    log = (tmp_path / "trainer1.log").read_text()
+    assert code == 0 and "abandoned" in log and "terminate called" not in log, log[-2000:]
+    assert not (out / "checkpoint.pt").exists() and read_progress(out) == []  # nothing of the dropped iteration
+    assert TransitionBuffer.load(out / "data.npz", 4, 1, 10_000).total_steps == in_bag
+    print(f"\nRELIABILITY sigint-mid-iteration: exit {code} {stopped_s:.1f} s after SIGINT, iteration abandoned")
+    # a restart trains on the saved data first (no new data arrives)
+    trainer = start_node("trainer_node", domain, params, log=tmp_path / "trainer2.log")
+    try:
+        end = time.monotonic() + 240
+        while not read_progress(out) and time.monotonic() < end:
+            time.sleep(0.2)
+    finally:
+        code = stop_node(trainer, signal.SIGINT, timeout=30)
+    rows = read_progress(out)
+    assert code == 0 and rows and rows[0].iteration == 0 and rows[0].real_steps == in_bag, (rows, code)

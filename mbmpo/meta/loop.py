@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from mbmpo.config import MetaConfig
+from mbmpo.errors import Abandoned
 from mbmpo.meta.inner import adapt, mean_step_size
 from mbmpo.meta.outer import MetaBatch, inner_step, kl_pre_post, meta_step
 from mbmpo.meta.returns import advantages
@@ -63,15 +65,19 @@ def return_falling(history: list[float], window: int) -> bool:
 
 
 def meta_optimize(ensemble: DynamicsEnsemble, params: Params, starts: Tensor, task: TaskSpec, cfg: MetaConfig,
-                  horizon: int, generator: torch.Generator) -> tuple[Params, Params, MetaPhaseStats]:
+                  horizon: int, generator: torch.Generator, should_stop: Callable[[], bool] | None = None
+                  ) -> tuple[Params, Params, MetaPhaseStats]:
     """Run up to `cfg.meta_steps` outer steps; with `cfg.stop_window` w > 0, stop once the post-update
     imagined return, averaged over the last w steps, falls below its average over the w before (the
     authors' `retrain_model_when_reward_decreases`: the policy has begun to exploit the models' errors).
-    Returns (new meta-params, adapted params T x ... for collecting real data with them, stats)."""
+    Returns (new meta-params, adapted params T x ... for collecting real data with them, stats). Raises
+    `Abandoned` before an outer step once `should_stop()` is true."""
     rejected = 0
     kl_outer = 0.0
     post_returns: list[float] = []
     for _ in range(cfg.meta_steps):
+        if should_stop is not None and should_stop():
+            raise Abandoned("stopped during the meta-optimisation")
         batch, _ = build_meta_batch(ensemble, params, starts, task, cfg, horizon, generator)
         post_returns.append(float(batch.post.returns.mean()))
         if return_falling(post_returns, cfg.stop_window):

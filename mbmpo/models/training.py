@@ -7,12 +7,14 @@ members keep their weights (their loss is masked out) while the others go on, al
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from mbmpo.config import ModelConfig
+from mbmpo.errors import Abandoned
 from mbmpo.models.ensemble import DynamicsEnsemble
 
 
@@ -46,8 +48,10 @@ def validation_loss(ensemble: DynamicsEnsemble, x: Tensor, y: Tensor, idx: Tenso
 
 
 def fit_ensemble(ensemble: DynamicsEnsemble, optimizer: torch.optim.Optimizer, obs: Tensor, act: Tensor,
-                 next_obs: Tensor, cfg: ModelConfig, generator: torch.Generator) -> FitResult:
-    """Train all members on (obs B x D, act B x A, next_obs B x D), warm-starting from current weights."""
+                 next_obs: Tensor, cfg: ModelConfig, generator: torch.Generator,
+                 should_stop: Callable[[], bool] | None = None) -> FitResult:
+    """Train all members on (obs B x D, act B x A, next_obs B x D), warm-starting from current weights.
+    Raises `Abandoned` at the start of an epoch once `should_stop()` is true."""
     ensemble.fit_normalizers(obs, act, next_obs)
     x, y = ensemble.normalized_io(obs, act, next_obs)
     members = ensemble.members
@@ -63,6 +67,8 @@ def fit_ensemble(ensemble: DynamicsEnsemble, optimizer: torch.optim.Optimizer, o
     frozen = [p.detach().clone() for p in params]
     steps = 0
     for _ in range(cfg.max_epochs):
+        if should_stop is not None and should_stop():
+            raise Abandoned("stopped during the model fit")
         if cfg.max_steps and steps >= cfg.max_steps:
             break
         order = torch.gather(train_idx, 1, torch.argsort(torch.rand(members, n_train, generator=generator), 1))

@@ -97,6 +97,7 @@ class Trainer:
         self.wall_offset = 0.0
         self._start = time.perf_counter()
         self.ckpt_steps: int | None = None
+        self.should_stop: Callable[[], bool] = lambda: False  # the owner's stop request (raises Abandoned)
         if resume:
             self._restore()
         if not (self.run_dir / CONFIG).exists():
@@ -149,7 +150,7 @@ class Trainer:
         b = self.buffer
         gen = torch.Generator().manual_seed(_seed(self.seed, iteration, Stream.MODEL_FIT))
         return fit_ensemble(self.ensemble, self.optimizer, torch.as_tensor(b.obs), torch.as_tensor(b.act),
-                            torch.as_tensor(b.next_obs), self.cfg.model, gen)
+                            torch.as_tensor(b.next_obs), self.cfg.model, gen, self.should_stop)
 
     def evaluate(self, iteration: int, episodes: int) -> tuple[float, float]:
         """Deterministic real returns of the meta-policy and of one adapted policy per ensemble member."""
@@ -176,20 +177,22 @@ class Trainer:
         pred = self.ensemble.predict(obs.expand(members, -1, -1), act.expand(members, -1, -1))
         return float((pred.std(0) / self.ensemble.out_norm.std).mean())
 
-    def _data_ahead(self) -> bool:
+    def data_ahead(self) -> bool:
         """True after a resume when data was collected after the last checkpoint (train on it first)."""
         return self.ckpt_steps is not None and self.buffer.total_steps > self.ckpt_steps
 
     # ---- the loop ----------------------------------------------------------------------------------
     def iterate(self, episodes: list | None = None) -> ProgressRow:
-        """One MB-MPO iteration; returns the progress row.
+        """One MB-MPO iteration; returns the progress row. Once `should_stop()` is true the fit or the
+        meta-optimisation raises `Abandoned`: the state, checkpoint and progress stay those of the last
+        finished iteration, and the data saved at its start is trained on first when the run resumes.
 
         `episodes` are real episodes collected elsewhere (e.g. by the ROS policy node); without them the
         trainer collects in its own environments.
         """
         it = self.state.iteration
         t0 = time.perf_counter()
-        skip_collect = self._data_ahead() and episodes is None
+        skip_collect = self.data_ahead() and episodes is None
         exploring = self.state.adapted is not None
         if len(self.buffer) == 0 and self.state.adapted is not None and not episodes:
             raise UserError(f"{self.run_dir}: checkpoint found but {DATA} is missing; cannot resume without data")
@@ -207,7 +210,7 @@ class Trainer:
         gen = torch.Generator().manual_seed(_seed(self.seed, it, Stream.META))
         starts = torch.as_tensor(self.buffer.starts if self.cfg.meta.start_states == "reset" else self.buffer.obs)
         params, adapted, meta = meta_optimize(self.ensemble, self.state.params, starts, self.task, self.cfg.meta,
-                                              self.imagined_horizon, gen)
+                                              self.imagined_horizon, gen, self.should_stop)
         t3 = time.perf_counter()
         self.state = RunState(it + 1, params, adapted)
         ret_pre, ret_post = self.evaluate(it, self.cfg.collect.eval_episodes)
@@ -235,7 +238,7 @@ class Trainer:
         evaluation return reaches `target_return` (if given)."""
         self._start = time.perf_counter()
         rows = []
-        while self.buffer.total_steps < total_steps or self._data_ahead():
+        while self.buffer.total_steps < total_steps or self.data_ahead():
             row = self.iterate()
             rows.append(row)
             if on_iteration is not None:

@@ -30,6 +30,7 @@ from mbmpo.config import Config, default_config_path, load_config
 from mbmpo.deploy.bag import read_messages
 from mbmpo.deploy.intake import Intake
 from mbmpo.deploy.transitions import TransitionRecord, assemble_episodes
+from mbmpo.errors import Abandoned
 from mbmpo.export.bundle import export_policy
 from mbmpo.policy.gaussian import stack_params
 from mbmpo.runtime.format import sha256
@@ -61,6 +62,7 @@ class TrainerNode(Node):
         cfg = load_config(path) if path else Config()
         resume = (self.out / CHECKPOINT).exists() or (self.out / "data.npz").exists()
         self.trainer = Trainer(self.task, cfg, self.out, seed, resume=resume)
+        self.trainer.should_stop = lambda: self.stopping  # a stop abandons the iteration between steps
         self.cfg = self.trainer.cfg
         self.episodes_per_iteration = self.trainer.n_tasks * self.cfg.collect.rollouts_per_task
         self.intake = Intake(self.out / INTAKE, self.trainer.buffer.total_steps)
@@ -129,14 +131,22 @@ class TrainerNode(Node):
 
     def loop(self) -> None:
         while not self.stopping and not self.done:
-            self.wake.wait(timeout=1.0)
-            self.wake.clear()
-            taken = self.take_episodes()
-            if not taken or not taken[0]:
-                continue
-            episodes, newest_ns = taken
+            if self.trainer.data_ahead():  # saved by an iteration that did not finish: train on it first
+                episodes, newest_ns = None, time.time_ns()
+            else:
+                self.wake.wait(timeout=1.0)
+                self.wake.clear()
+                taken = self.take_episodes()
+                if not taken or not taken[0]:
+                    continue
+                episodes, newest_ns = taken
             t0 = time.time_ns()
-            row = self.trainer.iterate(episodes)
+            try:
+                row = self.trainer.iterate(episodes)
+            except Abandoned as err:
+                self.get_logger().info(f"iteration {self.trainer.state.iteration} abandoned ({err}); its data is "
+                                       f"saved and a restarted trainer trains on it first")
+                return
             self.last_row = row
             self.publish_bundle()
             self.log_bundle(row, newest_ns, t0)
@@ -210,8 +220,14 @@ class TrainerNode(Node):
         self.status_pub.publish(String(data=json.dumps(status, default=str)))
 
     def close(self) -> None:
+        """Stop training between two steps: the iteration in progress finishes its current step and is
+        abandoned (nothing half-written: checkpoint and progress.csv stay those of the last finished
+        iteration), so the process never exits while torch is mid-computation in the worker thread."""
         self.stopping = True
         self.wake.set()
+        self.worker.join(timeout=60.0)
+        if self.worker.is_alive():
+            self.get_logger().error("the training thread did not stop within 60 s")
         if (self.out / "progress.csv").is_file():
             plot_learning_curve(self.out, f"MB-MPO (ROS) on {self.task.name}")
 
