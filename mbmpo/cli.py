@@ -55,7 +55,8 @@ def _run_task(run: Path, task: str | None):
         config = run / "config.yaml"
         if not config.is_file():
             raise UserError(f"{run} has no config.yaml; pass --task")
-        task = str(yaml.safe_load(config.read_text())["task"])
+        saved = yaml.safe_load(config.read_text())
+        task = str(saved.get("task_source") or saved["task"])  # a task YAML's path, or the registered name
     return get_task(task)
 
 

@@ -38,6 +38,7 @@ def test_every_task_trains_on_a_tiny_budget(task: str, tmp_path: Path) -> None:
     assert int(rows[-1]["real_steps"]) >= 100
     assert (out / "learning_curve.png").stat().st_size > 1000
     assert (out / "checkpoint.pt").is_file() and list((out / "tb").iterdir())
+    assert main(["export", "--run", str(out), "--out", str(tmp_path / "bundle")]) == 0  # finds a YAML task itself
 
 
 def test_train_then_eval_json_and_resume(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -70,3 +70,38 @@ def test_broken_task_yaml_is_a_user_error(tmp_path: Path) -> None:
     bad.write_text("mjcf: pm.xml\nreward: nofile:reward\n")
     with pytest.raises(UserError, match="module file .*nofile.py not found"):
         get_task(str(bad))
+
+
+@pytest.mark.badinput
+@pytest.mark.parametrize("body, says", [
+    ("return 1.0", "returned float 1.0 for a numpy batch of shape (4,)"),
+    ("return (next_obs[..., :2] ** 2).sum(-1, keepdims=True)", "returned ndarray of shape (1,)"),
+    ("return next_obs[..., 0] / 0.0", "non-finite values"),
+    ("raise KeyError('goal')", "raised KeyError"),
+    ("return next_obs[..., 0].tolist() if hasattr(next_obs, 'detach') else next_obs[..., 0]",
+     "it must return a tensor of shape (2, 3)"),
+])
+def test_a_reward_that_returns_the_wrong_thing_is_named_when_the_task_loads(tmp_path, body: str, says: str) -> None:
+    """One clear line naming the function and what it returned, before any run folder exists."""
+    import shutil
+
+    from mbmpo.config import Config
+    from mbmpo.errors import UserError
+    from mbmpo.tasks import get_task
+    from mbmpo.tasks.checks import check_task_functions
+    from mbmpo.train.trainer import Trainer
+
+    example = Path(__file__).resolve().parent.parent / "examples" / "point_mass"
+    for f in example.iterdir():
+        shutil.copy(f, tmp_path / f.name)
+    (tmp_path / "point_mass_fns.py").write_text((example / "point_mass_fns.py").read_text() +
+                                                f"\n\ndef reward(obs, act, next_obs):\n    {body}\n")
+    with pytest.raises(UserError, match=r"point_mass_fns\.py:reward") as err:
+        check_task_functions(get_task(str(tmp_path / "task.yaml")), torch_batches=True)  # at load; and as the trainer
+    assert says in str(err.value) and "\n" not in str(err.value), str(err.value)
+    if "tensor" in says:  # the trainer refuses it before writing anything
+        from mbmpo.tasks.custom import load_task_yaml
+
+        with pytest.raises(UserError, match="tensor"):
+            Trainer(load_task_yaml(tmp_path / "task.yaml"), Config(), tmp_path / "run", seed=0, tensorboard=False)
+        assert not (tmp_path / "run").exists()

@@ -43,6 +43,7 @@ class TaskSpec:
     termination_ref: str | None
     obs_names: tuple[str, ...]
     act_names: tuple[str, ...]
+    source: str = ""  # what `get_task` was given: a registered name or the task YAML's absolute path
 
     def reward(self, obs: Any, act: Any, next_obs: Any) -> Any:
         """r(s, a, s') for batches `... x D`; returns `...`."""

@@ -174,4 +174,5 @@ def load_task_yaml(path: str | Path) -> TaskSpec:
         termination_ref=module_file(str(term_ref)) if term_ref else None,
         obs_names=tuple(qpos_names[i] for i in qpos_idx) + tuple(qvel_names[i] for i in qvel_idx),
         act_names=tuple(model.actuator(i).name or f"act[{i}]" for i in range(model.nu)),
+        source=str(path),
     )

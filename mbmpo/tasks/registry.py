@@ -66,6 +66,7 @@ def _builtin(name: str) -> TaskSpec:
         termination_ref=_ref(termination),
         obs_names=obs_names,
         act_names=act_names,
+        source=name,
     )
 
 
@@ -77,7 +78,10 @@ def get_task(name_or_path: str) -> TaskSpec:
     if name_or_path in _BUILTIN:
         return _builtin(name_or_path)
     if name_or_path.endswith((".yaml", ".yml")) or Path(name_or_path).is_file():
+        from mbmpo.tasks.checks import check_task_functions
         from mbmpo.tasks.custom import load_task_yaml
 
-        return load_task_yaml(name_or_path)
+        task = load_task_yaml(name_or_path)
+        check_task_functions(task)  # a user's functions: named at once if they return the wrong thing
+        return task
     raise UserError(f"unknown task '{name_or_path}'; registered tasks: {', '.join(TASK_NAMES)}, or a task .yaml path")

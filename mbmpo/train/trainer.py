@@ -31,6 +31,7 @@ from mbmpo.models.training import fit_ensemble
 from mbmpo.policy.gaussian import Params, init_params, select
 from mbmpo.rollouts.real import random_episodes, run_episodes
 from mbmpo.tasks.base import TaskSpec
+from mbmpo.tasks.checks import check_task_functions
 from mbmpo.train.checkpoint import CHECKPOINT, check_task_matches, load_checkpoint, save_checkpoint
 from mbmpo.train.logger import RunLogger
 from mbmpo.train.progress import ProgressRow
@@ -70,6 +71,7 @@ class Trainer:
     def __init__(self, task: TaskSpec, cfg: Config, run_dir: Path, seed: int, resume: bool = False,
                  tensorboard: bool = True):
         self.task, self.cfg, self.run_dir, self.seed = task, cfg, Path(run_dir), seed
+        check_task_functions(task, torch_batches=True)  # before anything is written: a bad reward leaves no run
         self.run_dir.mkdir(parents=True, exist_ok=True)
         has_run = (self.run_dir / CHECKPOINT).exists() or (self.run_dir / DATA).exists()
         if has_run and not resume:
@@ -102,7 +104,8 @@ class Trainer:
             self._restore()
         if not (self.run_dir / CONFIG).exists():
             (self.run_dir / CONFIG).write_text(yaml.safe_dump(
-                {"task": task.name, "seed": seed, "config": cfg.to_dict()}, sort_keys=False))
+                {"task": task.name, "task_source": task.source or task.name, "seed": seed, "config": cfg.to_dict()},
+                sort_keys=False))
         self.logger = RunLogger(self.run_dir, keep_iterations=self.state.iteration, tensorboard=tensorboard)
 
     # ---- persistence -------------------------------------------------------------------------------
