@@ -71,7 +71,7 @@ def _export(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from mbmpo.config import Config, default_config_path, load_config
+    from mbmpo.config import Config, choose_config, load_config
     from mbmpo.tasks import get_task
     from mbmpo.train.logger import plot_learning_curve
     from mbmpo.train.progress import ProgressRow
@@ -84,7 +84,9 @@ def _train(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     task = get_task(args.task)
-    config_path = args.config or default_config_path(task.name)
+    config_path, chosen = (args.config, f"config {args.config}") if args.config else \
+        choose_config(task.name, task.obs_dim, task.act_dim, task.preset)
+    print(f"mbmpo: {task.name}: {chosen}", flush=True)
     cfg = load_config(config_path) if config_path else Config()
     trainer = Trainer(task, cfg, args.out, args.seed, resume=args.resume)
     bar = tqdm(total=args.steps, initial=min(trainer.buffer.total_steps, args.steps), unit="step",

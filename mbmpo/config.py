@@ -201,8 +201,28 @@ def load_config(path: str | Path) -> Config:
     return config_from_dict(data, source=str(path))
 
 
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
+PRESETS = ("small", "medium", "paper")  # config/presets/<name>.yaml; "paper" is the published settings
+
+
 def default_config_path(task_name: str) -> Path | None:
     """The preset `config/<task>.yaml` shipped with the project, if there is one."""
-    root = Path(__file__).resolve().parent.parent / "config"
-    path = root / f"{task_name}.yaml"
+    path = CONFIG_DIR / f"{task_name}.yaml"
     return path if path.is_file() else None
+
+
+def choose_config(task_name: str, obs_dim: int, act_dim: int, preset: str = "") -> tuple[Path | None, str]:
+    """The configuration a run gets without --config, and one line saying which and why: the task's own
+    `config/<task>.yaml`; else the preset the task names; else one sized to the task (small up to 12
+    observations and 4 actions, medium up to 40 observations, else the paper's). None means `Config()`."""
+    own = default_config_path(task_name)
+    if own is not None and not preset:
+        return own, f"config {own.relative_to(CONFIG_DIR.parent)}"
+    if preset and preset not in PRESETS:
+        raise UserError(f"task {task_name}: preset '{preset}' is not one of {', '.join(PRESETS)}")
+    reason = "named by the task"
+    if not preset:
+        preset = "small" if obs_dim <= 12 and act_dim <= 4 else "medium" if obs_dim <= 40 else "paper"
+        reason = f"sized to its {obs_dim} observations and {act_dim} actions"
+    path = None if preset == "paper" else CONFIG_DIR / "presets" / f"{preset}.yaml"
+    return path, f"preset {preset} ({reason}; `preset:` in the task YAML or --config choose another)"

@@ -36,3 +36,19 @@ def test_errors_name_the_problem(tmp_path: Path) -> None:
         load_config(f)
     with pytest.raises(UserError, match="cannot read config"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_a_task_without_a_preset_file_gets_one_sized_to_it_and_the_choice_is_said() -> None:
+    from mbmpo.config import choose_config
+    from mbmpo.errors import UserError
+
+    path, said = choose_config("arm2", obs_dim=6, act_dim=2)
+    assert path is not None and path.name == "small.yaml" and "sized to its 6 observations" in said
+    assert choose_config("quadruped", obs_dim=30, act_dim=12)[0].name == "medium.yaml"
+    assert choose_config("humanoid", obs_dim=300, act_dim=20)[0] is None  # the paper's settings
+    assert choose_config("arm2", 6, 2, preset="medium")[0].name == "medium.yaml"
+    assert choose_config("HalfCheetah-v5", 17, 6)[0].name == "HalfCheetah-v5.yaml"  # a task's own preset first
+    for preset in ("small", "medium"):
+        load_config(choose_config("x", 1, 1, preset)[0])  # the shipped presets load
+    with pytest.raises(UserError, match="preset 'huge' is not one of small, medium, paper"):
+        choose_config("arm2", 6, 2, preset="huge")

@@ -11,6 +11,7 @@
       qpos: [0, 1]
       qvel: [0, 1]
     reset_noise: 0.1               # optional: uniform noise added to the initial qpos/qvel
+    preset: small                  # optional: small | medium | paper (default: sized to the task)
 
 The functions follow `mbmpo.tasks.base`: `reward(obs, act, next_obs)` and `terminated(obs, act, next_obs)`
 on `... x D` arrays, using only operations numpy and torch share.
@@ -34,7 +35,7 @@ from mbmpo.errors import UserError
 from mbmpo.tasks.base import TaskSpec
 from mbmpo.tasks.mujoco_names import state_names
 
-_KEYS = {"name", "mjcf", "horizon", "frame_skip", "reward", "termination", "observation", "reset_noise"}
+_KEYS = {"name", "mjcf", "horizon", "frame_skip", "reward", "termination", "observation", "reset_noise", "preset"}
 
 
 def resolve_function(ref: str, base_dir: Path, where: str) -> Callable[..., Any]:
@@ -175,4 +176,5 @@ def load_task_yaml(path: str | Path) -> TaskSpec:
         obs_names=tuple(qpos_names[i] for i in qpos_idx) + tuple(qvel_names[i] for i in qvel_idx),
         act_names=tuple(model.actuator(i).name or f"act[{i}]" for i in range(model.nu)),
         source=str(path),
+        preset=str(raw.get("preset", "")),
     )

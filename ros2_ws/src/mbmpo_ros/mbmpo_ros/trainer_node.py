@@ -26,7 +26,7 @@ from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import String
 
-from mbmpo.config import Config, default_config_path, load_config
+from mbmpo.config import Config, choose_config, load_config
 from mbmpo.deploy.bag import read_messages
 from mbmpo.deploy.intake import Intake
 from mbmpo.deploy.transitions import TransitionRecord, assemble_episodes
@@ -58,7 +58,9 @@ class TrainerNode(Node):
         threads = declare(self, "threads", 1, "torch CPU threads; 1 leaves cores to the robot-side nodes")
         torch.set_num_threads(max(1, threads))
         self.task = get_task(task_name)
-        path = config or default_config_path(self.task.name)
+        path, chosen = (Path(config), f"config {config}") if config else \
+            choose_config(self.task.name, self.task.obs_dim, self.task.act_dim, self.task.preset)
+        self.get_logger().info(f"{self.task.name}: {chosen}")
         cfg = load_config(path) if path else Config()
         resume = (self.out / CHECKPOINT).exists() or (self.out / "data.npz").exists()
         self.trainer = Trainer(self.task, cfg, self.out, seed, resume=resume)
