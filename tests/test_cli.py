@@ -16,6 +16,7 @@ from mbmpo.tasks import TASK_NAMES
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "tests" / "configs" / "tiny.yaml"
 EXAMPLE = ROOT / "examples" / "point_mass" / "task.yaml"
+ARM = ROOT / "examples" / "arm2" / "task.yaml"  # a forward-kinematics reward (cos/sin on both backends)
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
@@ -28,7 +29,7 @@ def _rows(run: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-@pytest.mark.parametrize("task", [*TASK_NAMES, str(EXAMPLE)])
+@pytest.mark.parametrize("task", [*TASK_NAMES, str(EXAMPLE), str(ARM)])
 def test_every_task_trains_on_a_tiny_budget(task: str, tmp_path: Path) -> None:
     out = tmp_path / "run"
     assert main(["train", "--task", task, "--steps", "100", "--out", str(out), "--config", str(TINY),

@@ -105,3 +105,29 @@ def test_a_reward_that_returns_the_wrong_thing_is_named_when_the_task_loads(tmp_
         with pytest.raises(UserError, match="tensor"):
             Trainer(load_task_yaml(tmp_path / "task.yaml"), Config(), tmp_path / "run", seed=0, tensorboard=False)
         assert not (tmp_path / "run").exists()
+
+
+def test_forward_kinematics_reward_matches_mujoco_and_runs_on_numpy_and_torch() -> None:
+    """examples/arm2: cos/sin through array-api-compat; the fingertip it computes is MuJoCo's own site."""
+    import importlib.util
+
+    import mujoco
+
+    example = Path(__file__).resolve().parent.parent / "examples" / "arm2"
+    spec = importlib.util.spec_from_file_location("arm2_fns_test", example / "arm2_fns.py")
+    fns = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fns)
+    model = mujoco.MjModel.from_xml_path(str(example / "arm2.xml"))
+    data = mujoco.MjData(model)
+    rng = np.random.default_rng(3)
+    for _ in range(5):
+        data.qpos[:] = rng.uniform(-2.5, 2.5, 2)
+        mujoco.mj_forward(model, data)
+        x, y = fns.fingertip(np.concatenate([data.qpos, data.qvel])[None])
+        np.testing.assert_allclose([x[0], y[0]], data.site("tip").xpos[:2], atol=1e-6)
+    obs = rng.standard_normal((6, 4)).astype(np.float32)
+    act = rng.uniform(-0.5, 0.5, (6, 2)).astype(np.float32)
+    r_np = fns.reward(obs, act, obs)
+    r_torch = fns.reward(torch.as_tensor(obs), torch.as_tensor(act), torch.as_tensor(obs))
+    assert isinstance(r_torch, torch.Tensor) and r_np.shape == (6,)
+    np.testing.assert_allclose(r_np, r_torch.numpy(), atol=1e-6)
