@@ -171,3 +171,22 @@ def test_settings_refuse_bad_values() -> None:
         ControllerSettings(mode="dance")
     with pytest.raises(ValueError, match="watchdog_periods"):
         ControllerSettings(watchdog_periods=0.0)
+
+
+def test_a_driver_slower_than_the_control_rate_is_named_once_and_empty_ticks_are_counted(
+        pendulum_bundle: Path) -> None:
+    said: list[str] = []
+    c = Controller(ControllerSettings(mode="deploy", control_period=0.02), Worker(),
+                   log=lambda level, message: said.append(message))
+    c.start_with(pendulum_bundle)
+    now, stamp = 100.0, 0
+    for _ in range(100):  # a driver at 25 Hz against a 50 Hz control loop
+        now += 0.04
+        stamp += 40_000_000
+        c.on_state(NAMES, [0.0, 0.01], [0.0, 0.0], stamp, now)
+        for tick in (0.0, 0.02):  # two control ticks per state: the second finds nothing new
+            c.on_tick(now + tick)
+    rate = [m for m in said if "Hz" in m]
+    assert len(rate) == 1 and "25.0 Hz" in rate[0] and "50.0 Hz" in rate[0], said  # both figures, once
+    status = c.status()
+    assert status["state_rate_hz"] == pytest.approx(25.0) and 95 <= status["ticks_without_state"] <= 101, status

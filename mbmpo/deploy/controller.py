@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from mbmpo.deploy.contract import ObservationBuilder, ObservationError
+from mbmpo.deploy.rate import RateMonitor
 from mbmpo.deploy.safety import ActionGuard, Mode, Watchdog
 from mbmpo.deploy.transitions import TransitionRecord
 from mbmpo.deploy.trust import CodeAllowlist, task_code_digest
@@ -102,9 +103,11 @@ class Controller:
         self.builder: ObservationBuilder | None = None
         self.guard: ActionGuard | None = None
         self.watchdog = Watchdog(1.0)
+        self.rate = RateMonitor()
         self.trusted = CodeAllowlist()  # the reward code received bundles may run: only what the user named
         self.recorder_present = True  # the owner clears it while nothing records transitions (explore)
-        self.counts = {"transitions": 0, "episodes": 0, "ticks": 0, "missed_periods": 0, "bad_states": 0,
+        self.counts = {"transitions": 0, "episodes": 0, "ticks": 0, "ticks_without_state": 0, "missed_periods": 0,
+                       "bad_states": 0,
                        "bundles_loaded": 0, "bundles_refused": 0, "adaptations": 0, "adaptations_refused": 0,
                        "adaptations_failed": 0, "faults": 0}
         self.last_fault: str | None = None
@@ -237,6 +240,10 @@ class Controller:
             return None
         self.last_stamp = stamp_ns
         self.watchdog.feed(now)
+        self.rate.feed(now)
+        mismatch = self.rate.mismatch(self.period)
+        if mismatch:
+            self.log("warning", mismatch)
         self.latest = obs
         return obs
 
@@ -256,6 +263,7 @@ class Controller:
                 self.counts["missed_periods"] += int(round(late))
         self.last_tick = now
         if self.latest is None or self.watchdog.stale(now):
+            self.counts["ticks_without_state"] += 1
             return None
         obs, self.latest = self.latest, None
         return self.control(obs, now)
@@ -367,6 +375,7 @@ class Controller:
             "bundle_delivery_ms": self.deliveries_ms[-1] if self.deliveries_ms else None,
             "mean_return": {k: float(np.mean(v[-10:])) for k, v in self.returns.items()},
             "last_fault": self.last_fault,
+            "state_rate_hz": self.rate.hz,
             **self.counts,
         }
 
