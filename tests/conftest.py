@@ -21,11 +21,6 @@ def _seed() -> None:
 @pytest.fixture(scope="session")
 def pendulum_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A bundle of a briefly trained InvertedPendulum policy (the node, fault and bad-input tests share it)."""
-    from mbmpo.cli import main as cli
+    from mbmpo_ros.testing import make_bundle
 
-    tiny = Path(__file__).resolve().parent / "configs" / "tiny.yaml"
-    run = tmp_path_factory.mktemp("ros") / "run"
-    assert cli(["train", "--task", "InvertedPendulum-v5", "--steps", "60", "--out", str(run), "--config", str(tiny),
-                "--no-progress"]) == 0
-    assert cli(["export", "--run", str(run), "--out", str(run.parent / "bundle")]) == 0
-    return run.parent / "bundle"
+    return make_bundle(tmp_path_factory.mktemp("ros"))
