@@ -2,6 +2,7 @@
 # Each first builds the project-local virtual environment .venv from pinned requirements.
 PYTHON ?= python3
 VENV := .venv
+COLCON := .venv-colcon/bin/colcon
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
@@ -21,6 +22,9 @@ $(STAMP): requirements.txt requirements-ros.txt pyproject.toml scripts/build_int
 	# the custom message package, built with the wheels and installed into the venv
 	bash scripts/build_interfaces.sh $(VENV)
 	$(PY) -m pip install -q --no-deps -e . -e ros2_ws/src/mbmpo_ros
+	# colcon in a venv of its own (it pins an older setuptools): the colcon-build test of the ROS package
+	test -x $(COLCON) || $(PYTHON) -m venv .venv-colcon
+	.venv-colcon/bin/pip install -q colcon-common-extensions==0.3.0 colcon-core==0.21.3 colcon-ros==0.5.0
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -48,4 +52,4 @@ bench-deps: $(STAMP)
 	$(PY) -m pip install -q -r requirements-bench.txt
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) .venv-colcon runs

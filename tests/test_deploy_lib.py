@@ -182,3 +182,30 @@ def test_launch_files_and_bringup_start_the_same_graph(name, table, build) -> No
         assert [(n["executable"], n["name"], n["parameters"][0], n["remappings"]) for n in nodes] == \
                [(s.executable, s.name, s.parameters, list(s.remappings)) for s in specs]
         assert all(n["package"] == "mbmpo_ros" and float(n["sigterm_timeout"]) > 10 for n in nodes)  # time to flush
+
+
+COLCON = ROOT / ".venv-colcon" / "bin" / "colcon"
+
+
+@pytest.mark.skipif(not COLCON.exists(), reason="colcon is installed by `make setup` into .venv-colcon")
+@pytest.mark.parametrize("symlink", [False, True], ids=["copy", "symlink-install"])
+def test_colcon_builds_the_ros_package_with_launch_and_config_installed(tmp_path: Path, symlink: bool) -> None:
+    """`colcon build` of mbmpo_ros (what the Dockerfile does on a ROS install): nodes under lib/, launch files
+    and presets under share/, the package in the ament index, with and without --symlink-install."""
+    import subprocess
+
+    cmd = [str(COLCON), "build", "--base-paths", str(ROOT / "ros2_ws" / "src" / "mbmpo_ros"),
+           "--build-base", str(tmp_path / "build"), "--install-base", str(tmp_path / "install")]
+    r = subprocess.run(cmd + (["--symlink-install"] if symlink else []), capture_output=True, text=True,
+                       cwd=tmp_path, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    pkg = tmp_path / "install" / "mbmpo_ros"
+    for node in ("sim_node", "policy_node", "data_node", "trainer_node"):
+        assert (pkg / "lib" / "mbmpo_ros" / node).is_file(), node
+    share = pkg / "share" / "mbmpo_ros"
+    for name in ("train", "deploy"):
+        launch = share / "launch" / f"{name}.launch.py"
+        assert "generate_launch_description" in launch.read_text()  # a link that resolves, or a copy
+    assert (share / "config" / "HalfCheetah-v5-fast.yaml").is_file()
+    assert (share / "config" / "presets" / "small.yaml").is_file() and (share / "package.xml").is_file()
+    assert (pkg / "share" / "ament_index" / "resource_index" / "packages" / "mbmpo_ros").is_file()

@@ -1,4 +1,9 @@
-"""ament_python package: installs the nodes, and launch/ and config/ from the repository's top level."""
+"""ament_python package: installs the nodes, the launch files (launch/, which the repository's top-level
+launch/ links to) and the training presets (config/, a link to the repository's config/).
+
+colcon refuses absolute `data_files` and, with --symlink-install, links `..` paths outside the install, so
+every data file is named relative to this folder and lies inside it (the links are followed).
+"""
 
 from glob import glob
 from pathlib import Path
@@ -6,11 +11,12 @@ from pathlib import Path
 from setuptools import setup
 
 PACKAGE = "mbmpo_ros"
-ROOT = Path(__file__).resolve().parents[3]  # the repository: launch/ and config/ live there
+HERE = Path(__file__).resolve().parent
 
 
-def _rel(pattern: str) -> list[str]:
-    return sorted(glob(str(ROOT / pattern)))
+def _files(pattern: str) -> list[str]:
+    """Files matching `pattern` under this package folder, as paths relative to it."""
+    return sorted(str(Path(p).relative_to(HERE)) for p in glob(str(HERE / pattern)) if Path(p).is_file())
 
 
 setup(
@@ -20,8 +26,9 @@ setup(
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
-        (f"share/{PACKAGE}/launch", _rel("launch/*.launch.py")),
-        (f"share/{PACKAGE}/config", _rel("config/*.yaml")),
+        (f"share/{PACKAGE}/launch", _files("launch/*.launch.py")),
+        (f"share/{PACKAGE}/config", _files("config/*.yaml")),
+        (f"share/{PACKAGE}/config/presets", _files("config/presets/*.yaml")),
     ],
     install_requires=["setuptools"],
     zip_safe=True,
