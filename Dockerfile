@@ -3,15 +3,19 @@
 # the official image instead of the PyPI wheels, and colcon instead of scripts/build_interfaces.sh.
 #
 #   docker build -t mbmpo .
-#   docker run --rm -v $PWD/runs:/ws/runs mbmpo                      # train graph in MuJoCo simulation
-#   docker run --rm --net=host mbmpo ros2 launch mbmpo_ros deploy.launch.py policy:=/ws/runs/ros_train/policy
+#   docker run --rm -v $PWD/runs:/ws/runs mbmpo                                  # train graph in simulation
+# Robot and workstation on different hosts (same ROS_DOMAIN_ID; host networking for DDS discovery):
+#   workstation: docker run --rm --net=host -e ROS_DOMAIN_ID=7 -v $PWD/runs:/ws/runs mbmpo \
+#                ros2 launch mbmpo_ros train.launch.py sim:=none task:=... out:=/ws/runs/robot
+#   robot:       docker run --rm --net=host -e ROS_DOMAIN_ID=7 -v $PWD/runs:/ws/runs mbmpo \
+#                ros2 launch mbmpo_ros deploy.launch.py policy:=/ws/runs/robot/policy
 FROM ros:jazzy-ros-base
 
 ENV DEBIAN_FRONTEND=noninteractive \
     PIP_BREAK_SYSTEM_PACKAGES=1 \
     PYTHONUNBUFFERED=1 \
     MUJOCO_GL=egl \
-    ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST
+    ROS_AUTOMATIC_DISCOVERY_RANGE=SUBNET
 
 RUN apt-get update && apt-get install -y --no-install-recommends \
         python3-pip python3-colcon-common-extensions ros-jazzy-std-srvs ros-jazzy-rosbag2-storage-mcap \
@@ -29,5 +33,8 @@ RUN pip3 install --no-cache-dir --no-deps -e /ws && \
     . /opt/ros/jazzy/setup.sh && \
     colcon build --base-paths ros2_ws/src --symlink-install
 
-# the train launch in simulation
-CMD ["bash", "-c", ". /opt/ros/jazzy/setup.bash && . /ws/install/setup.bash && ros2 launch mbmpo_ros train.launch.py sim:=mujoco out:=/ws/runs/ros_train"]
+# runs (bags, checkpoints, bundles) live outside the container
+VOLUME ["/ws/runs"]
+# ROS 2 and the workspace sourced for any command; by default the train launch in simulation
+ENTRYPOINT ["/ws/docker/entrypoint.sh"]
+CMD ["ros2", "launch", "mbmpo_ros", "train.launch.py", "sim:=mujoco", "out:=/ws/runs/ros_train"]
