@@ -147,7 +147,10 @@ def _launch_nodes(path: Path, args: dict[str, str]) -> tuple[list[str], list[dic
     fake = {
         "launch": types.SimpleNamespace(LaunchDescription=lambda items: items),
         "launch.actions": types.SimpleNamespace(DeclareLaunchArgument=lambda n, **kw: ("arg", n, kw),
-                                                OpaqueFunction=lambda function: ("fn", function)),
+                                                OpaqueFunction=lambda function: ("fn", function),
+                                                RegisterEventHandler=lambda handler: ("handler", handler),
+                                                Shutdown=lambda **kw: ("shutdown", kw)),
+        "launch.event_handlers": types.SimpleNamespace(OnProcessExit=lambda **kw: kw),
         "launch.substitutions": types.SimpleNamespace(
             LaunchConfiguration=lambda n: types.SimpleNamespace(perform=lambda ctx: ctx[n])),
         "launch_ros": types.SimpleNamespace(), "launch_ros.actions": types.SimpleNamespace(Node=_Recorder),
@@ -166,8 +169,14 @@ def _launch_nodes(path: Path, args: dict[str, str]) -> tuple[list[str], list[dic
                 sys.modules[k] = v
     declared = {n: kw["default_value"] for kind, n, kw in [i for i in items if i[0] == "arg"]}
     context = {**declared, **args}
-    nodes = [i for i in items if i[0] == "fn"][0][1](context)
-    return list(declared), [n.kw for n in nodes]
+    actions = [i for i in items if i[0] == "fn"][0][1](context)
+    nodes = [a.kw for a in actions if isinstance(a, _Recorder)]
+    for a in actions:  # an exit handler: the node whose exit shuts the graph down
+        if isinstance(a, tuple) and a[0] == "handler":
+            target = a[1]["target_action"].kw
+            assert a[1]["on_exit"][0][0] == "shutdown"
+            target["ends_graph"] = True
+    return list(declared), nodes
 
 
 @pytest.mark.parametrize("name, table, build", [("train", TRAIN_ARGUMENTS, train_graph),
@@ -179,8 +188,9 @@ def test_launch_files_and_bringup_start_the_same_graph(name, table, build) -> No
         declared, nodes = _launch_nodes(path, args)
         assert declared == list(table)
         specs = build(args)
-        assert [(n["executable"], n["name"], n["parameters"][0], n["remappings"]) for n in nodes] == \
-               [(s.executable, s.name, s.parameters, list(s.remappings)) for s in specs]
+        assert [(n["executable"], n["name"], n["parameters"][0], n["remappings"], n.get("ends_graph", False))
+                for n in nodes] == \
+               [(s.executable, s.name, s.parameters, list(s.remappings), s.ends_graph) for s in specs]
         assert all(n["package"] == "mbmpo_ros" and float(n["sigterm_timeout"]) > 10 for n in nodes)  # time to flush
 
 

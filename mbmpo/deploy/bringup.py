@@ -101,10 +101,10 @@ def main(argv: list[str] | None = None) -> int:
             if duration and time.monotonic() - start >= duration:
                 print(f"mbmpo-bringup: duration {duration:g} s reached", flush=True)
                 break
-            trainer = procs.get("trainer_node")
-            if trainer is not None and trainer.poll() is not None:
-                code = trainer.returncode
-                print(f"mbmpo-bringup: trainer finished ({code})", flush=True)
+            ended = [s.name for s in specs if s.ends_graph and procs[s.name].poll() is not None]
+            if ended:  # the trainer: training is done, so is the graph (the launch files do the same)
+                code = procs[ended[0]].returncode
+                print(f"mbmpo-bringup: {ended[0].removesuffix('_node')} finished ({code})", flush=True)
                 break
             failed = [n for n, p in procs.items() if p.poll() not in (None, 0)]
             if failed:

@@ -48,6 +48,7 @@ class NodeSpec:
     executable: str
     parameters: dict[str, Any] = field(default_factory=dict)
     remappings: tuple[tuple[str, str], ...] = ()
+    ends_graph: bool = False  # its exit shuts the whole graph down (the trainer, when training is done)
 
     @property
     def module(self) -> str:
@@ -90,7 +91,7 @@ def train_graph(args: dict[str, str]) -> list[NodeSpec]:
                                             "report": f"{out}/reports/data_node.json"}),
         NodeSpec("trainer_node", "trainer_node",
                  {"task": a["task"], "config": a["config"], "out": out, "seed": int(a["seed"]),
-                  "steps": int(a["steps"]), "target_return": float(a["target_return"])}),
+                  "steps": int(a["steps"]), "target_return": float(a["target_return"])}, ends_graph=True),
     ]
 
 

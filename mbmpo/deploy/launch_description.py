@@ -15,7 +15,8 @@ SIGTERM_AFTER = "15"  # seconds from SIGINT to SIGTERM when `ros2 launch` shuts 
 def launch_description(graph: str) -> Any:
     """DeclareLaunchArgument for each argument of `graph`, and its nodes built from their values."""
     from launch import LaunchDescription
-    from launch.actions import DeclareLaunchArgument, OpaqueFunction
+    from launch.actions import DeclareLaunchArgument, OpaqueFunction, RegisterEventHandler, Shutdown
+    from launch.event_handlers import OnProcessExit
     from launch.substitutions import LaunchConfiguration
     from launch_ros.actions import Node
 
@@ -25,9 +26,15 @@ def launch_description(graph: str) -> Any:
         args = {name: LaunchConfiguration(name).perform(context) for name in table}
         # SIGTERM only after SIGTERM_AFTER s (launch's default is 5): the policy node may wait 5 s for the data
         # node's acknowledgements and the data node drains and flushes after that (mbmpo-bringup: 10 s a group)
-        return [Node(package="mbmpo_ros", executable=s.executable, name=s.name, parameters=[s.parameters],
-                     remappings=list(s.remappings), output="screen", sigterm_timeout=SIGTERM_AFTER)
-                for s in build(args)]
+        actions: list = []
+        for s in build(args):
+            node = Node(package="mbmpo_ros", executable=s.executable, name=s.name, parameters=[s.parameters],
+                        remappings=list(s.remappings), output="screen", sigterm_timeout=SIGTERM_AFTER)
+            actions.append(node)
+            if s.ends_graph:  # the trainer's exit (training done) shuts the graph down, as mbmpo-bringup does
+                actions.append(RegisterEventHandler(OnProcessExit(
+                    target_action=node, on_exit=[Shutdown(reason=f"{s.name} finished")])))
+        return actions
 
     arguments = [DeclareLaunchArgument(name, default_value=default, description=description)
                  for name, (default, description) in table.items()]
