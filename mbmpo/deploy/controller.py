@@ -56,6 +56,7 @@ class ControllerSettings:
     horizon: int = 0  # episode length; 0 takes the bundle's
     control_period: float = 0.0  # seconds; 0 takes the bundle's
     watchdog_periods: float = 2.0  # states older than this many periods are stale
+    lockstep: bool = False  # act on each state (a simulator that steps on each command): no rate to keep
     seed: int = 0  # action noise
 
     def __post_init__(self) -> None:
@@ -241,7 +242,7 @@ class Controller:
         self.last_stamp = stamp_ns
         self.watchdog.feed(now)
         self.rate.feed(now)
-        mismatch = self.rate.mismatch(self.period)
+        mismatch = None if self.settings.lockstep else self.rate.mismatch(self.period)
         if mismatch:
             self.log("warning", mismatch)
         self.latest = obs

@@ -43,8 +43,10 @@ TRANSITION_QOS = QoSProfile(depth=10_000, reliability=ReliabilityPolicy.RELIABLE
 class PolicyNode(Node):
     def __init__(self) -> None:
         super().__init__("policy_node")
+        self.lockstep = declare(self, "lockstep", False, "act on each new state instead of on a timer")
         settings = ControllerSettings(
             mode=declare(self, "mode", "explore", "explore | deploy"),
+            lockstep=self.lockstep,
             adapt_episodes=declare(self, "adapt_episodes", 2, "deploy: episodes of fresh data per adaptation"),
             adapt_max_kl=declare(self, "adapt_max_kl", 0.0, "deploy: KL bound; 0 takes the bundle's"),
             deterministic=declare(self, "deterministic", False, "act with the mean action"),
@@ -54,7 +56,6 @@ class PolicyNode(Node):
                                      "are stale; the safe command follows within a quarter period"),
             seed=declare(self, "seed", 0, "action noise seed"))
         bundle = declare(self, "bundle", "", "bundle folder to start with ('' waits for the trainer)")
-        self.lockstep = declare(self, "lockstep", False, "act on each new state instead of on a timer")
         self.executor_kind = declare(self, "executor", "single", "single | multi (rclpy executor; single keeps "
                                      "the control period far better, BENCHMARKS.md)")
         wait_for_recorder = declare(self, "wait_for_recorder", False, "explore: hold the safe command until a "
