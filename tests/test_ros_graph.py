@@ -103,3 +103,40 @@ def test_deploy_mode_adapts_online_and_swaps_at_episode_boundaries(tmp_path: Pat
         probe.close()
         stop_node(policy)
         stop_node(sim)
+
+
+def _importable(*modules: str) -> bool:
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in modules)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _importable("launch_ros", "ros2launch", "colcon_core"),
+                    reason="the real launch/launch_ros/ros2cli are not on PyPI: built from source by hand "
+                           "(REFERENCE.md section 4), or on a ROS 2 install")
+def test_real_ros2_launch_trains_and_shuts_the_graph_down_when_the_trainer_finishes(tmp_path: Path) -> None:
+    """`ros2 launch mbmpo_ros train.launch.py` through the real launch, on the package as colcon installs it."""
+    build = subprocess.run([sys.executable, "-m", "colcon", "build", "--base-paths",
+                            str(ROOT / "ros2_ws" / "src" / "mbmpo_ros"), "--symlink-install"],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert build.returncode == 0, build.stderr[-2000:]
+    out = tmp_path / "run"
+    env = {**os.environ, "ROS_DOMAIN_ID": str(next_domain()), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
+           "PYTHONWARNINGS": "ignore",
+           "AMENT_PREFIX_PATH": f"{tmp_path / 'install' / 'mbmpo_ros'}:{os.environ.get('AMENT_PREFIX_PATH', sys.prefix)}",
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    r = subprocess.run(["ros2", "launch", "mbmpo_ros", "train.launch.py", "sim:=mujoco", "task:=InvertedPendulum-v5",
+                        f"out:={out}", "steps:=20000", "target_return:=190"], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=600)
+    log = r.stdout + r.stderr
+    assert r.returncode == 0 and "shutting down launched system" in log, log[-3000:]
+    assert read_progress_rows(out)[-1] >= 190.0
+    counts, recorded = _final_counts(out), _final_counts(out, "data_node")
+    assert counts["transitions"] == recorded["durable"] > 1000 and recorded["lost"] == 0
+
+
+def read_progress_rows(out: Path) -> list[float]:
+    from mbmpo.train.progress import read_progress
+
+    return [r.return_pre for r in read_progress(out)]
