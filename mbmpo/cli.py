@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from mbmpo.errors import UserError
 
@@ -38,6 +40,9 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--episodes", type=int, default=10)
     ev.add_argument("--seed", type=int, default=12345)
     ev.add_argument("--json", action="store_true", help="print one JSON object")
+    ev.add_argument("--video", type=Path, metavar="FILE.mp4",
+                    help="also render one deterministic episode of the meta-policy to this MP4 (offscreen; "
+                         "MUJOCO_GL=egl is used when there is no display)")
     ex = sub.add_parser("export", help="export a run's policy as an ONNX bundle")
     ex.add_argument("--run", required=True, type=Path, help="run directory")
     ex.add_argument("--out", required=True, type=Path, help="bundle directory to write")
@@ -107,6 +112,8 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    if args.video is not None and not os.environ.get("DISPLAY"):
+        os.environ.setdefault("MUJOCO_GL", "egl")  # before MuJoCo is imported: offscreen rendering
     from mbmpo.tasks import get_task
     from mbmpo.tasks.perturb import parse_perturbations
 
@@ -122,12 +129,40 @@ def _eval(args: argparse.Namespace) -> int:
         if args.adapt or perturb:
             raise UserError("--adapt and --perturb evaluate an exported bundle: use --policy PDIR")
         result = evaluate_run(args.run, get_task(args.task), args.episodes, args.seed)
+    if args.video is not None:
+        result.update(_video(args, get_task(args.task), perturb))
     if args.json:
         print(json.dumps(result))
     else:
         for key, value in result.items():
             print(f"{key}: {value}")
     return 0
+
+
+def _video(args: argparse.Namespace, task: Any, perturb: dict) -> dict[str, Any]:
+    """--video: one deterministic episode of the meta-policy (the bundle's through ONNX Runtime, or the run's)."""
+    import numpy as np
+
+    from mbmpo.train.video import render_episode, write_mp4
+
+    if perturb:
+        raise UserError("--video renders the nominal robot; drop --perturb")
+    if args.policy is not None:
+        from mbmpo.runtime import load
+
+        policy = load(args.policy)
+        act = lambda obs: policy.act(np.asarray(obs, np.float32), deterministic=True)  # noqa: E731
+    else:
+        import torch
+
+        from mbmpo.policy.gaussian import mean_action
+        from mbmpo.train.checkpoint import load_checkpoint
+
+        params = load_checkpoint(args.run)["params"]
+        act = lambda obs: mean_action(params, torch.as_tensor(obs, dtype=torch.float32)[None])[0].numpy()  # noqa: E731
+    frames, ret = render_episode(task, act, args.seed)
+    path = write_mp4(frames, args.video, 1.0 / task.dt)
+    return {"video": str(path), "video_frames": len(frames), "video_return": round(ret, 3)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -107,10 +107,12 @@ class CollectConfig:
     rollouts_per_task: int = 1  # real episodes per adapted policy per iteration
     eval_episodes: int = 5  # deterministic episodes of the meta-policy per iteration (not training data)
     horizon: int = 0  # real episode length; 0 means the task's horizon
+    video_every: int = 0  # a rollout video of the meta-policy in TensorBoard every N iterations (0: none)
 
     def __post_init__(self) -> None:
         _check(self.initial_random_steps >= 0 and self.rollouts_per_task >= 1, "collect sizes out of range")
-        _check(self.eval_episodes >= 0 and self.horizon >= 0, "collect.eval_episodes/horizon >= 0")
+        _check(self.eval_episodes >= 0 and self.horizon >= 0 and self.video_every >= 0,
+               "collect.eval_episodes/horizon/video_every >= 0")
 
 
 @dataclass(frozen=True)

@@ -194,7 +194,7 @@ def test_policy_node_refuses_each_bad_joint_state_counts_it_and_keeps_acting(pen
     from mbmpo_ros.testing import Probe, next_domain, start_node, stop_node
 
     domain = next_domain()
-    node = start_node("policy_node", domain, {"bundle": str(pendulum_bundle), "mode": "explore"},
+    node = start_node("policy_node", domain, {"bundle": str(pendulum_bundle), "mode": "explore", "reset": "none"},
                       log=tmp_path / "policy.log")
     probe = Probe(domain)
     nan, inf = float("nan"), float("inf")

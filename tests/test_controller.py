@@ -18,27 +18,34 @@ NAMES = ["slider", "hinge"]
 
 
 class Robot:
-    """Feeds a controller pendulum-like states with increasing stamps; records decisions."""
+    """Feeds a controller pendulum-like states with increasing stamps (its clock is the robot's) and answers
+    its reset requests at once, as a reset service would; records decisions."""
 
-    def __init__(self, controller: Controller):
+    def __init__(self, controller: Controller, answer_resets: bool = True):
         self.c, self.stamp, self.decisions = controller, 0, []
+        self.answer_resets = answer_resets
+        controller.clock_ns = lambda: self.stamp
 
-    def state(self, position: float = 0.0) -> Decision | None:
+    def state(self, position: float = 0.0, velocity: float = 0.0) -> Decision | None:
         self.stamp += 10_000_000
-        obs = self.c.on_state(NAMES, [position, 0.01], [0.0, 0.0], self.stamp, time.monotonic())
+        obs = self.c.on_state(NAMES, [position, 0.01], [velocity, 0.0], self.stamp, time.monotonic())
         if obs is None:
             return None
         self.c.latest = None
         decision = self.c.control(obs, time.monotonic())
         self.decisions.append(decision)
+        if decision.reset and self.answer_resets:
+            self.stamp += 1_000_000  # the service answers a millisecond later
+            self.c.reset_finished(True, "reset", time.monotonic())
         return decision
 
     def run(self, steps: int) -> list[Decision]:
         return [d for d in (self.state(0.001 * (i % 5)) for i in range(steps)) if d is not None]
 
 
-def _controller(bundle: Path, **settings: object) -> Controller:
-    c = Controller(ControllerSettings(**settings), Worker())
+def make_controller(bundle: Path, **settings: object) -> Controller:
+    """A controller on `bundle`; no resets between episodes unless `reset` is given."""
+    c = Controller(ControllerSettings(**{"reset": "none", **settings}), Worker())
     c.start_with(bundle)
     return c
 
@@ -51,12 +58,12 @@ def _wait_for_worker(c: Controller, timeout: float = 10.0) -> None:
 
 
 def test_explore_builds_every_session_before_control_and_cycles_policies_per_episode(pendulum_bundle: Path) -> None:
-    c = _controller(pendulum_bundle, mode="explore", horizon=5)
+    c = make_controller(pendulum_bundle, mode="explore", horizon=5, reset="service")
     assert sorted(c.base.bundle.explore_cache) == list(range(c.base.manifest["n_explore"]))  # warmed at start
     decisions = Robot(c).run(30)
     records = [d.transition for d in decisions if d.transition is not None]
     resets = [d for d in decisions if d.reset]
-    assert len(resets) == c.counts["episodes"] >= 4
+    assert len(resets) == c.counts["resets"] == c.counts["episodes"] + 1 >= 5  # one before the first episode
     first = [r for r in records if r.episode_id == records[0].episode_id]
     assert [r.step for r in first] == list(range(5)) and first[-1].truncated
     assert all(np.array_equal(a.next_obs, b.obs) for a, b in zip(first, first[1:]))  # a chain of steps
@@ -70,7 +77,7 @@ def test_a_non_finite_policy_output_gives_the_safe_command_and_control_goes_on(p
     explore = {k: v.copy() for k, v in meta.bundle.explore_params.items()}
     explore["log_std"][:] = 100.0  # exp(100) overflows float32: every sampled action is infinite
     bad = bundle_variant(pendulum_bundle, tmp_path / "nan", explore_params=explore)
-    c = _controller(bad, mode="explore", horizon=5)
+    c = make_controller(bad, mode="explore", horizon=5)
     decisions = Robot(c).run(10)
     assert len(decisions) == 10 and all(d.fault and "non-finite" in d.fault for d in decisions)
     assert all(d.command is not None and np.array_equal(d.command, [0.0]) for d in decisions)
@@ -88,7 +95,7 @@ def test_a_reward_function_that_raises_or_returns_nonsense_is_a_fault_not_a_cras
         "    if _n % 7 == 3:\n        return [1.0, 2.0]\n"
         "    return _good(obs, act, next_obs)\n")
     bad = bundle_variant(pendulum_bundle, tmp_path / "reward", reward_code=code)
-    c = _controller(bad, mode="explore", horizon=50)
+    c = make_controller(bad, mode="explore", horizon=50)
     decisions = Robot(c).run(40)
     faults = [d for d in decisions if d.fault]
     assert faults and any("sensor table missing" in d.fault for d in faults)
@@ -101,7 +108,7 @@ def test_a_reward_function_that_raises_or_returns_nonsense_is_a_fault_not_a_cras
 
 
 def test_deploy_adapts_on_the_worker_and_swaps_at_the_next_episode(pendulum_bundle: Path) -> None:
-    c = _controller(pendulum_bundle, mode="deploy", horizon=5, adapt_episodes=2, adapt_max_kl=1e9)
+    c = make_controller(pendulum_bundle, mode="deploy", horizon=5, adapt_episodes=2, adapt_max_kl=1e9)
     robot = Robot(c)
     robot.run(12)  # two episodes of the meta-policy, then the adaptation is submitted
     _wait_for_worker(c)
@@ -111,7 +118,7 @@ def test_deploy_adapts_on_the_worker_and_swaps_at_the_next_episode(pendulum_bund
 
 
 def test_a_failing_adaptation_keeps_the_meta_policy_acting(pendulum_bundle: Path) -> None:
-    c = _controller(pendulum_bundle, mode="deploy", horizon=5, adapt_episodes=1)
+    c = make_controller(pendulum_bundle, mode="deploy", horizon=5, adapt_episodes=1)
 
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("out of memory")
@@ -128,7 +135,7 @@ def test_a_failing_adaptation_keeps_the_meta_policy_acting(pendulum_bundle: Path
 
 
 def test_an_adaptation_of_a_replaced_bundle_is_dropped(pendulum_bundle: Path) -> None:
-    c = _controller(pendulum_bundle, mode="deploy", horizon=5, adapt_episodes=1, adapt_max_kl=1e9)
+    c = make_controller(pendulum_bundle, mode="deploy", horizon=5, adapt_episodes=1, adapt_max_kl=1e9)
     robot = Robot(c)
     robot.run(6)
     c.install(load(pendulum_bundle))  # a new bundle while the adaptation is in flight
@@ -138,7 +145,7 @@ def test_an_adaptation_of_a_replaced_bundle_is_dropped(pendulum_bundle: Path) ->
 
 def test_received_bundles_are_loaded_on_the_worker_and_refused_when_altered(pendulum_bundle: Path,
                                                                                tmp_path: Path) -> None:
-    c = _controller(pendulum_bundle, mode="explore", horizon=5)
+    c = make_controller(pendulum_bundle, mode="explore", horizon=5)
     files = [(name, (pendulum_bundle / name).read_bytes()) for name in ("policy.onnx", "adapt.onnx", "params.npz",
                                                                         "reward.py")]
     manifest = (pendulum_bundle / "manifest.json").read_text()
@@ -154,7 +161,7 @@ def test_received_bundles_are_loaded_on_the_worker_and_refused_when_altered(pend
 
 
 def test_stale_states_give_the_safe_command_and_old_stamps_are_refused(pendulum_bundle: Path) -> None:
-    c = _controller(pendulum_bundle, mode="deploy", horizon=50)
+    c = make_controller(pendulum_bundle, mode="deploy", horizon=50)
     robot = Robot(c)
     robot.run(3)
     assert c.on_watchdog(time.monotonic(), lockstep=False) is None  # fresh
@@ -190,3 +197,23 @@ def test_a_driver_slower_than_the_control_rate_is_named_once_and_empty_ticks_are
     assert len(rate) == 1 and "25.0 Hz" in rate[0] and "50.0 Hz" in rate[0], said  # both figures, once
     status = c.status()
     assert status["state_rate_hz"] == pytest.approx(25.0) and 95 <= status["ticks_without_state"] <= 101, status
+
+
+def test_a_driver_at_the_control_rate_is_acted_on_as_each_state_arrives(pendulum_bundle: Path) -> None:
+    said: list[str] = []
+    c = Controller(ControllerSettings(mode="deploy", reset="none"), Worker(), log=lambda level, m: said.append(m))
+    c.start_with(pendulum_bundle)
+    now, stamp = 100.0, 0
+    assert not c.acts_on_states and c.trigger == "timer"  # until the rate is measured
+    for _ in range(40):  # 25 Hz, the bundle's control rate
+        now += 0.04
+        stamp += 40_000_000
+        c.on_state(NAMES, [0.0, 0.01], [0.0, 0.0], stamp, now)
+    assert c.acts_on_states and c.status()["trigger"] == "state"
+    assert c.on_tick(now + 0.01) is None and c.counts["ticks"] == 0
+    assert sum("acting on each state" in m for m in said) == 1
+    timer = Controller(ControllerSettings(mode="deploy", reset="none", trigger="timer"), Worker())
+    timer.start_with(pendulum_bundle)
+    for i in range(40):
+        timer.on_state(NAMES, [0.0, 0.01], [0.0, 0.0], (i + 1) * 40_000_000, 100.0 + 0.04 * i)
+    assert not timer.acts_on_states and timer.trigger == "timer"

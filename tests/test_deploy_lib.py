@@ -65,14 +65,15 @@ def _rec(ep: int, step: int, stamp: int, obs_dim: int = 3, value: float = 0.0, d
 def test_validator_rejects_with_reasons() -> None:
     v = TransitionValidator(3, 2)
     assert v.check(_rec(0, 0, 10)) is None
-    assert v.check(_rec(0, 1, 20)) is None
+    assert "jump: episode 0 step 1" in v.check(_rec(0, 1, 15, value=5.0))  # does not start where step 0 ended
+    assert v.check(_rec(0, 1, 20, value=1.0)) is None
     assert "order: step 1" in v.check(_rec(0, 1, 30))  # repeated step
     assert "order: timestamp" in v.check(_rec(0, 2, 20))  # timestamp not increasing
     assert "size" in v.check(_rec(0, 3, 40, obs_dim=4))
     assert "non-finite" in v.check(_rec(0, 3, 40, value=np.inf))
     assert "magnitude" in v.check(_rec(0, 3, 40, value=1e9))
     assert v.check(_rec(0, 3, 40)) is None
-    assert v.rejected == {"order": 2, "size": 1, "non-finite": 1, "magnitude": 1}
+    assert v.rejected == {"order": 2, "size": 1, "non-finite": 1, "magnitude": 1, "jump": 1}
     assert v.missing == 1  # step 2 of episode 0 was never accepted
     assert v.check(_rec(5, 2, 50)) is None and v.missing == 3  # episode 5 seen from step 2 on: 0 and 1 missing
 
@@ -149,7 +150,8 @@ def _launch_nodes(path: Path, args: dict[str, str]) -> tuple[list[str], list[dic
         "launch.actions": types.SimpleNamespace(DeclareLaunchArgument=lambda n, **kw: ("arg", n, kw),
                                                 OpaqueFunction=lambda function: ("fn", function),
                                                 RegisterEventHandler=lambda handler: ("handler", handler),
-                                                Shutdown=lambda **kw: ("shutdown", kw)),
+                                                Shutdown=lambda **kw: ("shutdown", kw),
+                                                TimerAction=lambda **kw: ("timer", kw)),
         "launch.event_handlers": types.SimpleNamespace(OnProcessExit=lambda **kw: kw),
         "launch.substitutions": types.SimpleNamespace(
             LaunchConfiguration=lambda n: types.SimpleNamespace(perform=lambda ctx: ctx[n])),

@@ -219,7 +219,7 @@ def test_trainer_sigkill_mid_iteration_resumes_without_losing_or_repeating_data(
     domain = next_domain()
     params = {"task": "InvertedPendulum-v5", "config": str(TINY_ROS), "out": str(out), "steps": 100000}
     probe = Probe(domain)
-    policy = start_node("policy_node", domain, {"bundle": str(pendulum_bundle), "mode": "explore"})
+    policy = start_node("policy_node", domain, {"bundle": str(pendulum_bundle), "mode": "explore", "reset": "none"})
     trainer = start_node("trainer_node", domain, params, log=tmp_path / "trainer1.log")
     try:
         bundles: list[str] = []
@@ -339,7 +339,8 @@ def test_killed_policy_node_sim_watchdog_applies_the_safe_command_and_a_restart_
 def test_delayed_states_give_the_safe_command_and_fresh_states_resume_control(pendulum_bundle: Path) -> None:
     """States arrive late (every 0.3 s, stale after 2 x 0.04 s) between stretches at 25 Hz."""
     domain = next_domain()
-    node = start_node("policy_node", domain, {"bundle": str(pendulum_bundle), "mode": "explore", "seed": 3})
+    node = start_node("policy_node", domain, {"bundle": str(pendulum_bundle), "mode": "explore", "seed": 3,
+                                              "reset": "none"})
     probe = Probe(domain)
     try:
         cmds: list[tuple[float, list]] = []
@@ -528,7 +529,8 @@ def test_runtime_faults_give_safe_commands_and_the_policy_node_keeps_running(pen
     for label, (params, bundle) in cases.items():
         domain = next_domain()
         report = tmp_path / f"{label}.json"
-        node = start_node("policy_node", domain, {"bundle": str(bundle), "seed": 1, "report": str(report), **params})
+        node = start_node("policy_node", domain, {"bundle": str(bundle), "seed": 1, "report": str(report),
+                                                  "reset": "none", **params})
         probe = Probe(domain)
         try:
             cmds: list[list[float]] = []

@@ -91,7 +91,8 @@ def _driver(probe: Probe, positions: list, stamp_ok: bool = True) -> JointState:
 @pytest.mark.badinput
 def test_policy_node_acts_guards_and_falls_back_to_safe_command(pendulum_bundle: Path) -> None:
     domain = next_domain()
-    node = start_node("policy_node", domain, {"bundle": str(pendulum_bundle), "mode": "deploy", "seed": 1})
+    node = start_node("policy_node", domain, {"bundle": str(pendulum_bundle), "mode": "deploy", "seed": 1,
+                                              "reset": "none"})
     probe = Probe(domain)
     try:
         cmds: list[tuple[float, list]] = []
@@ -135,7 +136,7 @@ def test_explore_waits_for_a_recorder_before_it_acts(pendulum_bundle: Path) -> N
     (here the probe) subscribes to transitions; then the policy acts and every transition is heard."""
     domain = next_domain()
     node = start_node("policy_node", domain, {"bundle": str(pendulum_bundle), "mode": "explore", "seed": 1,
-                                              "wait_for_recorder": True})
+                                              "wait_for_recorder": True, "reset": "none"})
     probe = Probe(domain)
     try:
         cmds: list[list[float]] = []
@@ -194,7 +195,7 @@ def test_policy_node_refuses_a_corrupt_bundle_from_the_trainer(pendulum_bundle: 
            bundle("escaping-name", extra=("../escaped.txt", b"x")),
            bundle("code", {"reward.py": evil}, rehash=True)]  # consistent hashes, different code
     domain = next_domain()
-    node = start_node("policy_node", domain, {"bundle": str(pendulum_bundle), "mode": "explore",
+    node = start_node("policy_node", domain, {"bundle": str(pendulum_bundle), "mode": "explore", "reset": "none",
                                               "bundle_dir": str(tmp_path / "received")}, log=tmp_path / "policy.log")
     probe = Probe(domain)
     try:
@@ -255,13 +256,14 @@ def test_data_node_records_valid_and_rejects_malformed(tmp_path: Path) -> None:
         late = tr(24)
         late.stamp.sec -= 10  # a later step stamped before the last one
         pub.publish(late)
+        pub.publish(tr(20, obs=(0.3, 0.0, 0.0, 0.0)))  # the state jumped: a reset inside the episode
         assert probe.spin_until(lambda: status and status[-1]["durable"] == 20 and
-                                sum(status[-1]["rejected"].values()) == 6, 15), status[-1:]
+                                sum(status[-1]["rejected"].values()) == 7, 15), status[-1:]
     finally:
         probe.close()
         stop_node(node)
     assert [m.step for _, m in read_messages(bag)] == list(range(20))
-    assert status[-1]["rejected"] == {"non-finite": 1, "size": 2, "order": 2, "magnitude": 1}
+    assert status[-1]["rejected"] == {"non-finite": 1, "size": 2, "order": 2, "magnitude": 1, "jump": 1}
 
 
 def test_trainer_node_trains_on_recorded_segments_and_publishes_a_bundle(tmp_path: Path) -> None:

@@ -80,9 +80,12 @@ def stop(procs: dict[str, subprocess.Popen], grace: float = 10.0, drain: float =
 def main(argv: list[str] | None = None) -> int:
     try:
         graph, args = parse_arguments(sys.argv[1:] if argv is None else argv)
-        duration = float(args.pop("duration", "0") or 0)
         build, _ = GRAPHS[graph]
         specs = build(args)
+        try:
+            duration = float(args.get("duration", "0") or 0)
+        except ValueError:
+            raise ValueError(f"duration:={args['duration']} is not a number of seconds") from None
     except ValueError as err:
         print(f"mbmpo-bringup: error: {err}", file=sys.stderr)
         return 2
@@ -93,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     params = write_params(specs, folder)
     procs = {s.name: subprocess.Popen(node_command(s, params), env=env) for s in specs}
     print(f"mbmpo-bringup: {graph} graph with {', '.join(procs)}", flush=True)
+    if args.get("reset") == "operator":
+        start_operator_key(env)
     start = time.monotonic()
     code = 0
     try:
@@ -120,6 +125,32 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
+def start_operator_key(env: dict[str, str]) -> None:
+    """reset:=operator: each Enter in this terminal calls the policy node's ~/start_episode."""
+    import threading
+
+    def serve() -> None:
+        import rclpy
+        from std_srvs.srv import Trigger
+
+        os.environ.update(env)  # the graph's discovery settings
+        rclpy.init()
+        node = rclpy.create_node("mbmpo_bringup_operator")
+        client = node.create_client(Trigger, "policy_node/start_episode")
+        print("mbmpo-bringup: reset:=operator: put the robot at its start, then press Enter to start each episode",
+              flush=True)
+        for _ in sys.stdin:
+            if not client.wait_for_service(timeout_sec=5.0):
+                print("mbmpo-bringup: the policy node's start_episode service is not there", flush=True)
+                continue
+            future = client.call_async(Trigger.Request())
+            rclpy.spin_until_future_complete(node, future, timeout_sec=5.0)
+            answer = future.result()
+            print(f"mbmpo-bringup: {answer.message if answer else 'no answer'}", flush=True)
+
+    threading.Thread(target=serve, daemon=True, name="operator-key").start()
+
+
 def summary(out: Path) -> str:
     """What a training run left in its output folder."""
     from mbmpo.train.progress import read_progress
@@ -128,8 +159,13 @@ def summary(out: Path) -> str:
     rows = read_progress(out)
     if rows:
         last = rows[-1]
-        lines.append(f"  {len(rows)} iterations, {last.real_steps} real steps used, return before adaptation "
-                     f"{last.return_pre:.1f}, after {last.return_post:.1f}, {last.wall_s} s")
+        robot = next((r for r in reversed(rows) if r.robot_return is not None), None)
+        lines.append(f"  {len(rows)} iterations, {last.real_steps} real steps used, {last.wall_s} s")
+        if robot is not None:
+            lines.append(f"  robot: recorded episodes returned {robot.robot_return:.1f} (mean of "
+                         f"{robot.robot_episodes}, iteration {robot.iteration})")
+        lines.append(f"  MuJoCo evaluation: return before adaptation {last.return_pre:.1f}, after "
+                     f"{last.return_post:.1f}")
     bag = out / "bag" / "metadata.yaml"
     if bag.is_file():
         info = yaml.safe_load(bag.read_text())["rosbag2_bagfile_information"]

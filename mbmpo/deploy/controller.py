@@ -10,6 +10,10 @@ Modes: `explore` cycles the K adapted policies of the bundle, one per episode (M
 `deploy` runs the meta-policy for `adapt_episodes` episodes, adapts it with ONE gradient step on the
 worker, and swaps the adapted policy in at the next episode boundary.
 
+Resets (`reset`, see `mbmpo.deploy.reset`): between episodes, and before the first, the robot is reset
+through a service, driven home, held for the operator, or not reset at all; states that arrive meanwhile
+are not acted on, and the episode starts from the first state that qualifies, so no transition spans a reset.
+
 Faults: a runtime error inside a decision (a non-finite action, a reward function that raises or returns
 nonsense) never propagates: the decision is the safe command, `faults` counts it, and no transition spans
 it. Slow work (bundle loading and warming every exploration session, adaptation) runs on a `Worker`; its
@@ -31,6 +35,7 @@ import numpy as np
 
 from mbmpo.deploy.contract import ObservationBuilder, ObservationError
 from mbmpo.deploy.rate import RateMonitor
+from mbmpo.deploy.reset import RESET_MODES, HomeSpec
 from mbmpo.deploy.safety import ActionGuard, Mode, Watchdog
 from mbmpo.deploy.transitions import TransitionRecord
 from mbmpo.deploy.trust import CodeAllowlist, task_code_digest
@@ -38,6 +43,7 @@ from mbmpo.deploy.worker import JobResult, Worker
 from mbmpo.runtime import AdaptationRefused, BundleError, Policy, load
 
 MODES = ("explore", "deploy")
+TRIGGERS = ("auto", "timer", "state")
 Log = Callable[[str, str], None]  # (level: info | warning | error, message)
 
 
@@ -57,11 +63,20 @@ class ControllerSettings:
     control_period: float = 0.0  # seconds; 0 takes the bundle's
     watchdog_periods: float = 2.0  # states older than this many periods are stale
     lockstep: bool = False  # act on each state (a simulator that steps on each command): no rate to keep
+    trigger: str = "auto"  # act on: auto (each state when the driver streams at the control rate) | timer | state
+    reset: str = "service"  # service | home | operator | none (mbmpo.deploy.reset)
+    home: str = ""  # reset home: 'joint=position,...' ('' takes the bundle's, from the task YAML)
     seed: int = 0  # action noise
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode '{self.mode}' is not explore or deploy")
+        if self.trigger not in TRIGGERS:
+            raise ValueError(f"trigger '{self.trigger}' is not one of {', '.join(TRIGGERS)}")
+        if self.reset not in RESET_MODES:
+            raise ValueError(f"reset '{self.reset}' is not one of {', '.join(RESET_MODES)}")
+        if self.home and self.reset != "home":
+            raise ValueError(f"home is given but reset is '{self.reset}', not home")
         if self.adapt_episodes < 1 or self.horizon < 0 or self.control_period < 0 or self.adapt_max_kl < 0:
             raise ValueError("adapt_episodes must be >= 1 and horizon, control_period, adapt_max_kl >= 0")
         if not self.watchdog_periods > 0:
@@ -74,7 +89,7 @@ class Decision:
 
     command: np.ndarray | None  # A: the command to send (None: send nothing)
     transition: TransitionRecord | None = None  # the step that ended in this state, to publish
-    reset: bool = False  # the episode ended: ask the robot for a reset
+    reset: bool = False  # call the robot's reset service now; answer with `Controller.reset_finished`
     fault: str | None = None  # the runtime fault that forced the safe command
 
 
@@ -110,7 +125,7 @@ class Controller:
         self.counts = {"transitions": 0, "episodes": 0, "ticks": 0, "ticks_without_state": 0, "missed_periods": 0,
                        "bad_states": 0,
                        "bundles_loaded": 0, "bundles_refused": 0, "adaptations": 0, "adaptations_refused": 0,
-                       "adaptations_failed": 0, "faults": 0}
+                       "adaptations_failed": 0, "faults": 0, "resets": 0, "reset_failures": 0}
         self.last_fault: str | None = None
         self.latencies: list[float] = []
         self.deliveries_ms: list[float] = []  # bundle publication -> installed, per received bundle
@@ -118,15 +133,33 @@ class Controller:
         # episode ids unique across restarts (microseconds at start): a restarted node's episodes are new
         # episodes to the data node and the trainer, not repeats of the old ones
         self.episode_id, self.step, self.episode_return = time.time_ns() // 1000, 0, 0.0
+        self.piece_step = 0  # the step within the recorded piece: a gap inside an episode starts a new piece
+        self.pieces: list[tuple[np.ndarray, np.ndarray]] = []  # deploy: the episode's pieces before its last gap
         self.explore_index = 0
         self.prev: tuple[np.ndarray, np.ndarray] | None = None  # (obs, applied action) awaiting its next state
-        self.fresh: list[tuple[np.ndarray, np.ndarray]] = []  # deploy: meta-policy episodes for adaptation
+        self.fresh: list[tuple[np.ndarray, np.ndarray]] = []  # deploy: meta-policy pieces for adaptation
+        self.fresh_episodes = 0  # the episodes they came from
         self.episode_obs: list[np.ndarray] = []
         self.episode_act: list[np.ndarray] = []
         self.adapting = False
         self.latest: np.ndarray | None = None  # the newest accepted state not acted on yet (timer control)
+        self.reset_warned_none = False
+        self.event_driven = settings.trigger == "state"  # act on each state as it arrives (else on the timer)
+        self.reset_failures_in_row = 0
         self.last_stamp: int | None = None
         self.last_tick: float | None = None
+        # between episodes: None (in an episode) | request (reset service) | after (first state stamped at or
+        # after `reset_after_ns`) | home | operator
+        self.reset_phase: str | None = None
+        self.reset_due = False  # a service call to hand out with the next decision
+        self.reset_requested_ns = 0
+        self.reset_after_ns = 0
+        self.reset_retry_at: float | None = None
+        self.reset_began = 0.0  # when the robot was sent home / when the operator was asked (monotonic)
+        self.reset_warned = False
+        self.home: HomeSpec | None = None
+        self.joints: tuple[dict[str, float], dict[str, float]] = ({}, {})  # positions, velocities by joint
+        self.newest: np.ndarray | None = None  # the newest accepted state (an episode may start from it)
 
     # ---- bundles ----------------------------------------------------------------------------------
     def trust_task(self, task: str) -> None:
@@ -173,14 +206,17 @@ class Controller:
         if not self.period:
             self.period = float(m["control_period_s"])
         self.watchdog.timeout = self.settings.watchdog_periods * self.period
+        if self.settings.reset == "home":
+            self.home = home_spec(self.settings.home, m)
         self.base = meta
         self.explore_index = 0
-        self.fresh = []
+        self.fresh, self.fresh_episodes = [], 0
         first = self.policy is None
         self.pending = self.next_policy()
-        if first:
+        if first:  # the first episode starts like every other: after a reset
             self.policy, self.pending = self.pending, None
-            self.state_mode = Mode.POLICY
+            self.state_mode = Mode.RESET
+            self._begin_reset(time.monotonic())
         self.counts["bundles_loaded"] += 1
         self.log("info", f"policy {m['policy_version']} ready ({m['n_explore']} exploration sets)")
 
@@ -240,11 +276,21 @@ class Controller:
             self._bad_state(str(err))
             return None
         self.last_stamp = stamp_ns
+        self.newest = obs
+        if self.settings.reset == "home":
+            self.joints = (dict(zip(names, map(float, positions))), dict(zip(names, map(float, velocities))))
         self.watchdog.feed(now)
         self.rate.feed(now)
         mismatch = None if self.settings.lockstep else self.rate.mismatch(self.period)
         if mismatch:
             self.log("warning", mismatch)
+        if self.settings.trigger == "auto" and not self.settings.lockstep:
+            matched = self.rate.matches(self.period)
+            if matched is not None and matched != self.event_driven:
+                self.event_driven = matched
+                self.log("info", f"robot states at {self.rate.hz:.1f} Hz "
+                                 f"{'match' if matched else 'no longer match'} the control rate: acting on "
+                                 f"{'each state as it arrives' if matched else 'the control timer'}")
         self.latest = obs
         return obs
 
@@ -254,9 +300,22 @@ class Controller:
         self.log("warning", f"state rejected: {why}")
         return None
 
+    @property
+    def acts_on_states(self) -> bool:
+        """Whether the owner calls `control` on each accepted state (lock-step, or event-driven) rather than
+        on each tick."""
+        return self.settings.lockstep or self.event_driven
+
+    @property
+    def trigger(self) -> str:
+        return "lockstep" if self.settings.lockstep else "state" if self.event_driven else "timer"
+
     def on_tick(self, now: float) -> Decision | None:
         """Timer control: act on the newest fresh state. A tick later than 1.5 periods counts the periods
-        it missed (`ticks` is the denominator of the miss rate)."""
+        it missed (`ticks` is the denominator of the miss rate). Nothing while acting on states."""
+        if self.event_driven:
+            self.last_tick = None
+            return None
         self.counts["ticks"] += 1
         if self.last_tick is not None and self.period:
             late = (now - self.last_tick) / self.period - 1.0
@@ -272,11 +331,15 @@ class Controller:
     def on_watchdog(self, now: float, lockstep: bool) -> Decision | None:
         """Stale states: the safe command within one control period. In lock-step the robot (a simulator)
         moves only on commands, so there is nothing to hold and a command would step it: none is sent."""
+        if self.reset_phase == "request" and self.reset_retry_at is not None and now >= self.reset_retry_at:
+            self.reset_retry_at = None
+            self.reset_requested_ns = self.clock_ns()
+            return Decision(None, reset=True)  # the reset service failed or was missing: ask again
         if lockstep or self.policy is None or not self.watchdog.stale(now):
             return None
         if self.state_mode is not Mode.SAFE:
             self.log("warning", "robot states stale: sending the safe command")
-            self.prev = None  # the applied action is unknown: no transition across the gap
+            self._break_chain()  # the applied action is unknown: no transition across the gap
         self.state_mode = Mode.SAFE
         return Decision(self.safe_command())
 
@@ -293,21 +356,28 @@ class Controller:
             # explore only while something records
             if self.state_mode is not Mode.SAFE:
                 self.log("warning", "no data node subscribes to transitions: holding the safe command")
-            self.state_mode, self.prev = Mode.SAFE, None
+            self.state_mode = Mode.SAFE
+            self._break_chain()
             return Decision(self.safe_command())
-        self.state_mode = Mode.POLICY
         transition = None
         try:
             if self.prev is not None:
                 transition = self._transition(obs)
                 if transition.terminated or transition.truncated:
                     self._end_episode(obs)
-                    return Decision(None, transition, reset=True)  # wait for the reset state
+                    self._begin_reset(received)
+            if self.reset_phase is not None:
+                command, call = self._between_episodes(received)
+                if self.reset_phase is not None:  # still resetting: nothing acts, no transition spans it
+                    self.state_mode = Mode.RESET
+                    return Decision(command, transition, reset=call)
+            self.state_mode = Mode.POLICY
             action = self.guard(self.policy.act(obs, deterministic=self.settings.deterministic, rng=self.rng))
         except Exception as err:
             self.counts["faults"] += 1
             self.last_fault = f"{type(err).__name__}: {err}"
-            self.state_mode, self.prev = Mode.SAFE, None
+            self.state_mode = Mode.SAFE
+            self._break_chain()
             return Decision(self.safe_command(), transition, fault=self.last_fault)
         self.latencies.append(time.monotonic() - received)
         if len(self.latencies) > 5000:
@@ -316,6 +386,18 @@ class Controller:
         self.episode_obs.append(obs)
         self.episode_act.append(self.prev[1])
         return Decision(action, transition)
+
+    def _break_chain(self) -> None:
+        """A gap inside an episode (stale states, a fault): the next transition cannot start where the last one
+        ended, so what follows is recorded as a new piece (a new episode id from step 0). The episode itself,
+        its horizon and its return, go on."""
+        if self.prev is not None and self.piece_step > 0:
+            self.episode_id += 1
+            self.piece_step = 0
+            # the last action's outcome is unknown: the piece is the steps recorded so far
+            self.pieces.append((np.stack(self.episode_obs), np.stack(self.episode_act[:-1])))
+        self.episode_obs, self.episode_act = [], []
+        self.prev = None
 
     def _transition(self, obs: np.ndarray) -> TransitionRecord:
         """The step that ends in `obs`, scored by the bundle's reward and termination functions."""
@@ -326,10 +408,11 @@ class Controller:
         terminated = bool(_scalar(bundle.termination_fn(prev_obs, prev_act, obs), "termination")) \
             if bundle.termination_fn else False
         truncated = not terminated and self.step + 1 >= self.horizon
-        record = TransitionRecord(self.episode_id, self.step, self.policy.name, prev_obs, prev_act, reward, obs,
+        record = TransitionRecord(self.episode_id, self.piece_step, self.policy.name, prev_obs, prev_act, reward, obs,
                                   terminated, truncated, self.clock_ns())
         self.counts["transitions"] += 1
         self.step += 1
+        self.piece_step += 1
         self.episode_return += reward
         return record
 
@@ -338,18 +421,107 @@ class Controller:
         self.episode_obs.append(last_obs)
         self.returns.setdefault(self.policy.name, []).append(self.episode_return)
         self.counts["episodes"] += 1
-        if self.settings.mode == "deploy" and self.policy is self.base and not self.adapting:
-            self.fresh.append((np.stack(self.episode_obs), np.stack(self.episode_act)))
-            if len(self.fresh) >= self.settings.adapt_episodes:
+        if self.episode_act:
+            self.pieces.append((np.stack(self.episode_obs), np.stack(self.episode_act)))
+        if self.settings.mode == "deploy" and self.policy is self.base and not self.adapting and self.pieces:
+            self.fresh += self.pieces
+            self.fresh_episodes += 1
+            if self.fresh_episodes >= self.settings.adapt_episodes:
                 self._adapt(self.fresh, self.base)
-                self.fresh = []
+                self.fresh, self.fresh_episodes = [], 0
         if self.pending is not None:
             self.policy, self.pending = self.pending, None
         elif self.settings.mode == "explore":
             self.policy = self.next_policy()
         self.episode_id += 1
-        self.step, self.episode_return, self.prev = 0, 0.0, None
+        self.step, self.piece_step, self.episode_return, self.prev, self.pieces = 0, 0, 0.0, None, []
         self.episode_obs, self.episode_act = [], []
+
+    # ---- resets between episodes --------------------------------------------------------------------
+    def _begin_reset(self, now: float) -> None:
+        """The episode ended (or the first is about to start): begin the reset mode's phase."""
+        mode = self.settings.reset
+        self.reset_began, self.reset_warned, self.reset_retry_at = now, False, None
+        if mode == "none":
+            if not self.reset_warned_none:
+                self.reset_warned_none = True
+                self.log("info", "reset none: each episode continues from where the last one ended")
+            return
+        if mode == "service":
+            self.reset_phase, self.reset_due = "request", True
+        elif mode == "home":
+            self.reset_phase = "home"
+        else:
+            self.reset_phase = "operator"
+            self.log("info", "episode ready: waiting for the operator (Enter in the mbmpo-bringup terminal, or "
+                             "the policy node's ~/start_episode Trigger service)")
+
+    def _between_episodes(self, now: float) -> tuple[np.ndarray | None, bool]:
+        """One state between episodes: (the command to send, whether to call the reset service now).
+        Clears `reset_phase` when the state at hand may start the episode."""
+        phase = self.reset_phase
+        if phase == "request":
+            call, self.reset_due = self.reset_due, False
+            if call:
+                self.reset_requested_ns = self.clock_ns()
+            return None, call
+        if phase == "after":
+            if self.last_stamp is not None and self.last_stamp >= self.reset_after_ns:
+                self.reset_phase = None
+            return None, False
+        if phase == "home":
+            assert self.home is not None and self.guard is not None
+            positions, velocities = self.joints
+            if self.home.reached(positions, velocities):
+                self.reset_phase = None
+                self.counts["resets"] += 1
+                return None, False
+            if now - self.reset_began > self.home.timeout_s and not self.reset_warned:
+                self.reset_warned = True
+                errors = {j: round(e, 3) for j, e in self.home.errors(positions, velocities).items()}
+                self.log("warning", f"home not reached in {self.home.timeout_s:g} s (errors {errors}): still "
+                                    f"driving; check the home gains or the robot")
+            return self.home.command(positions, velocities, self.guard.low, self.guard.high, self.guard.safe), False
+        # operator: hold still (in lock-step a command would step the simulator: send none)
+        return (None if self.settings.lockstep else self.safe_command()), False
+
+    def reset_finished(self, ok: bool, message: str, now: float) -> Decision | None:
+        """The reset service answered (`ok`) or could not be called. On success the episode starts from the
+        first state stamped after the response (after the request in lock-step: the simulator publishes its
+        reset state while answering). On failure the call is repeated a second later."""
+        if self.reset_phase != "request":
+            return None
+        if not ok:  # a service still being discovered at start is normal: warn from the third failure in a row
+            self.counts["reset_failures"] += 1
+            self.reset_failures_in_row += 1
+            self.log("warning" if self.reset_failures_in_row >= 3 else "info",
+                     f"reset failed: {message}; asking again in 1 s")
+            self.reset_retry_at = now + 1.0
+            return None
+        self.reset_failures_in_row = 0
+        self.counts["resets"] += 1
+        self.reset_phase = "after"
+        self.reset_after_ns = self.reset_requested_ns if self.settings.lockstep else self.clock_ns()
+        return self._start_from_newest(now)
+
+    def operator_go(self, now: float) -> tuple[bool, Decision | None]:
+        """The operator says the robot is ready: the episode starts from the next state (lock-step: from the
+        state at hand, the decision returned). (False, None) when nothing waits for the operator."""
+        if self.reset_phase != "operator":
+            return False, None
+        self.counts["resets"] += 1
+        self.reset_phase, self.reset_after_ns = "after", self.clock_ns()
+        if self.settings.lockstep and self.last_stamp is not None:
+            self.reset_after_ns = self.last_stamp
+        return True, self._start_from_newest(now)
+
+    def _start_from_newest(self, now: float) -> Decision | None:
+        """Lock-step: no new state comes before a command, so the newest one, if it qualifies, starts now."""
+        if not self.settings.lockstep or self.newest is None or self.last_stamp is None:
+            return None
+        if self.last_stamp < self.reset_after_ns:
+            return None
+        return self.control(self.newest, now)
 
     def _adapt(self, episodes: list[tuple[np.ndarray, np.ndarray]], base: Policy) -> None:
         """deploy: ONE adaptation step from fresh episodes, on the worker."""
@@ -377,6 +549,7 @@ class Controller:
             "mean_return": {k: float(np.mean(v[-10:])) for k, v in self.returns.items()},
             "last_fault": self.last_fault,
             "state_rate_hz": self.rate.hz,
+            "reset": self.settings.reset, "resetting": self.reset_phase, "trigger": self.trigger,
             **self.counts,
         }
 
@@ -390,3 +563,21 @@ def _scalar(value: Any, what: str) -> float:
     if not math.isfinite(x):
         raise ValueError(f"the bundle's {what} function returned {x}")
     return x
+
+
+def home_spec(parameter: str, manifest: dict[str, Any]) -> HomeSpec:
+    """reset:=home: the policy node's `home` parameter, else the bundle's (the task YAML's `home`), driving the
+    joints the manifest names per action. Raises BundleError saying what is missing."""
+    actuators = manifest.get("actuator_joints")
+    if not actuators:
+        raise BundleError("reset:=home needs the joint each action drives (manifest 'actuator_joints'); "
+                          "re-export the bundle with this version")
+    try:
+        if parameter:
+            return HomeSpec.parse(parameter, actuators)
+        if manifest.get("home"):
+            return HomeSpec.from_config(manifest["home"], actuators)
+    except ValueError as err:
+        raise BundleError(str(err)) from None
+    raise BundleError("reset:=home needs a home configuration: `home:` in the task YAML or the policy node's "
+                      "home parameter (joint=position,...)")

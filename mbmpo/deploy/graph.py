@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from mbmpo.deploy.reset import RESET_MODES
+
 # launch argument -> (default, description); shared by the launch files and mbmpo-bringup
 TRAIN_ARGUMENTS: dict[str, tuple[str, str]] = {
     "sim": ("mujoco", "mujoco: simulate the robot with MuJoCo; none: a real robot driver provides the topics"),
@@ -24,6 +26,10 @@ TRAIN_ARGUMENTS: dict[str, tuple[str, str]] = {
     "joint_states": ("joint_states", "topic of the robot's sensor_msgs/JointState"),
     "commands": ("commands", "topic of the std_msgs/Float64MultiArray commands"),
     "reset_service": ("sim_node/reset", "std_srvs/Trigger that resets the robot between episodes"),
+    "reset": ("service", "between episodes: service (call reset_service, wait for it) | home (drive the joints to "
+                         "the task's home) | operator (Enter in mbmpo-bringup or ~/start_episode) | none (continue)"),
+    "home": ("", "reset:=home: 'joint=position,...' (default: the task YAML's home)"),
+    "duration": ("0", "seconds until the graph is shut down (0: until the trainer finishes)"),
 }
 DEPLOY_ARGUMENTS: dict[str, tuple[str, str]] = {
     "sim": ("none", "mujoco to test the deploy side against the simulator, none on the robot"),
@@ -36,6 +42,10 @@ DEPLOY_ARGUMENTS: dict[str, tuple[str, str]] = {
     "joint_states": ("joint_states", "topic of the robot's sensor_msgs/JointState"),
     "commands": ("commands", "topic of the std_msgs/Float64MultiArray commands"),
     "reset_service": ("sim_node/reset", "std_srvs/Trigger that resets the robot between episodes"),
+    "reset": ("service", "between episodes: service (call reset_service, wait for it) | home (drive the joints to "
+                         "the task's home) | operator (Enter in mbmpo-bringup or ~/start_episode) | none (continue)"),
+    "home": ("", "reset:=home: 'joint=position,...' (default: the task YAML's home)"),
+    "duration": ("0", "seconds until the graph is shut down (0: until Ctrl-C)"),
     "reports": ("", "folder for the nodes' final counters as JSON files ('' = none)"),
 }
 
@@ -56,7 +66,7 @@ class NodeSpec:
 
 
 def _with_defaults(args: dict[str, str], table: dict[str, tuple[str, str]]) -> dict[str, str]:
-    unknown = sorted(set(args) - set(table) - {"duration"})
+    unknown = sorted(set(args) - set(table))
     if unknown:
         raise ValueError(f"unknown launch argument(s) {unknown}; known: {sorted(table)}")
     return {k: args.get(k, default) for k, (default, _) in table.items()}
@@ -64,6 +74,13 @@ def _with_defaults(args: dict[str, str], table: dict[str, tuple[str, str]]) -> d
 
 def _robot_io(a: dict[str, str]) -> tuple[tuple[str, str], ...]:
     return (("joint_states", a["joint_states"]), ("commands", a["commands"]))
+
+
+def _reset(a: dict[str, str]) -> dict[str, str]:
+    """The policy node's reset parameters."""
+    if a["reset"] not in RESET_MODES:
+        raise ValueError(f"reset:={a['reset']} is not one of {', '.join(RESET_MODES)}")
+    return {"reset": a["reset"], "home": a["home"], "reset_service": a["reset_service"]}
 
 
 def _sim(a: dict[str, str]) -> list[NodeSpec]:
@@ -83,8 +100,8 @@ def train_graph(args: dict[str, str]) -> list[NodeSpec]:
     lockstep = a["sim"] == "mujoco" and a["sim_mode"] == "lockstep"
     return _sim(a) + [
         NodeSpec("policy_node", "policy_node",
-                 {"mode": "explore", "bundle": "", "task": a["task"], "lockstep": lockstep,
-                  "reset_service": a["reset_service"], "wait_for_recorder": True,
+                 {"mode": "explore", "bundle": "", "task": a["task"], "lockstep": lockstep, **_reset(a),
+                  "wait_for_recorder": True,
                   "report": f"{out}/reports/policy_node.json"},
                  _robot_io(a)),
         NodeSpec("data_node", "data_node", {"task": a["task"], "bag_dir": f"{out}/bag",
@@ -103,7 +120,7 @@ def deploy_graph(args: dict[str, str]) -> list[NodeSpec]:
     return _sim(a) + [
         NodeSpec("policy_node", "policy_node",
                  {"mode": a["mode"], "bundle": a["policy"], "lockstep": lockstep,
-                  "adapt_episodes": int(a["adapt_episodes"]), "reset_service": a["reset_service"],
+                  "adapt_episodes": int(a["adapt_episodes"]), **_reset(a),
                   "report": f"{a['reports']}/policy_node.json" if a["reports"] else ""},
                  _robot_io(a)),
     ]

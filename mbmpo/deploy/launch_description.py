@@ -15,7 +15,7 @@ SIGTERM_AFTER = "15"  # seconds from SIGINT to SIGTERM when `ros2 launch` shuts 
 def launch_description(graph: str) -> Any:
     """DeclareLaunchArgument for each argument of `graph`, and its nodes built from their values."""
     from launch import LaunchDescription
-    from launch.actions import DeclareLaunchArgument, OpaqueFunction, RegisterEventHandler, Shutdown
+    from launch.actions import DeclareLaunchArgument, OpaqueFunction, RegisterEventHandler, Shutdown, TimerAction
     from launch.event_handlers import OnProcessExit
     from launch.substitutions import LaunchConfiguration
     from launch_ros.actions import Node
@@ -34,6 +34,9 @@ def launch_description(graph: str) -> Any:
             if s.ends_graph:  # the trainer's exit (training done) shuts the graph down, as mbmpo-bringup does
                 actions.append(RegisterEventHandler(OnProcessExit(
                     target_action=node, on_exit=[Shutdown(reason=f"{s.name} finished")])))
+        duration = float(args["duration"] or 0)
+        if duration > 0:  # duration:=SECONDS shuts the graph down then, as mbmpo-bringup does
+            actions.append(TimerAction(period=duration, actions=[Shutdown(reason=f"duration {duration:g} s reached")]))
         return actions
 
     arguments = [DeclareLaunchArgument(name, default_value=default, description=description)

@@ -27,6 +27,13 @@ class RateMonitor:
         interval = float(np.median(np.diff(np.asarray(self.arrivals))))
         return 1.0 / interval if interval > 0 else None
 
+    def matches(self, period: float) -> bool | None:
+        """Whether the state rate is within the tolerance of 1 / `period`; None until it is measured."""
+        hz = self.hz
+        if hz is None or not period:
+            return None
+        return abs(hz - 1.0 / period) <= self.tolerance / period
+
     def mismatch(self, period: float) -> str | None:
         """A one-time message when the state rate differs from 1 / `period` by more than the tolerance."""
         hz = self.hz

@@ -11,6 +11,7 @@ class Mode(enum.Enum):
     IDLE = "idle"  # no policy loaded: safe command
     SAFE = "safe"  # stale or invalid input: safe command until fresh states return
     POLICY = "policy"  # the policy drives the robot
+    RESET = "reset"  # between episodes: the robot is reset, driven home, or waits for the operator
 
 
 class Watchdog:

@@ -37,12 +37,14 @@ class TransitionRecord:
 
 
 class TransitionValidator:
-    """Rejects malformed transitions with a reason: sizes, non-finite or absurd values, and steps or
-    timestamps that do not move forward within an episode (repeats, reordering)."""
+    """Rejects malformed transitions with a reason: sizes, non-finite or absurd values, steps or
+    timestamps that do not move forward within an episode (repeats, reordering), and a step that does not
+    start where the episode's previous step ended (the state jumped: a reset or a lost state inside an
+    episode; the episode is split there, so no transition spans the jump)."""
 
     def __init__(self, obs_dim: int, act_dim: int, max_abs: float = 1e6):
         self.obs_dim, self.act_dim, self.max_abs = obs_dim, act_dim, max_abs
-        self.last: dict[int, tuple[int, int]] = {}  # episode -> (step, stamp)
+        self.last: dict[int, tuple[int, int, np.ndarray]] = {}  # episode -> (step, stamp, next_obs)
         self.rejected: dict[str, int] = {}
         self.missing = 0  # steps skipped within an episode (lost upstream), among the accepted transitions
 
@@ -52,7 +54,7 @@ class TransitionValidator:
         if reason is None:
             previous = self.last.get(t.episode_id)
             self.missing += t.step - (previous[0] + 1 if previous else 0)
-            self.last[t.episode_id] = (t.step, t.stamp_ns)
+            self.last[t.episode_id] = (t.step, t.stamp_ns, t.next_obs)
             if len(self.last) > 10_000:  # bounded memory over long runs
                 self.last.pop(next(iter(self.last)))
         else:
@@ -76,6 +78,10 @@ class TransitionValidator:
                 return f"order: step {t.step} of episode {t.episode_id} after step {previous[0]}"
             if t.stamp_ns <= previous[1]:
                 return f"order: timestamp of episode {t.episode_id} step {t.step} does not increase"
+            if t.step == previous[0] + 1 and not np.allclose(t.obs, previous[2], rtol=1e-5, atol=1e-6):
+                jump = float(np.abs(t.obs - previous[2]).max())
+                return (f"jump: episode {t.episode_id} step {t.step} starts {jump:.3g} away from where step "
+                        f"{previous[0]} ended (a reset or a lost state inside the episode)")
         return None
 
 

@@ -27,6 +27,7 @@ from mbmpo.export.graphs import AdaptGraph, PolicyGraph, param_names
 from mbmpo.policy.gaussian import Params, n_layers
 from mbmpo.runtime.format import FILES, FORMAT, function_source, sha256
 from mbmpo.tasks.base import TaskSpec
+from mbmpo.tasks.mujoco_names import actuator_joints
 from mbmpo.train.checkpoint import check_task_matches, load_checkpoint
 
 OPSET = 17
@@ -113,6 +114,8 @@ def export_policy(params: Params, adapted: Params, task: TaskSpec, meta_cfg: dic
         "act_names": list(task.act_names),
         "act_low": [float(x) for x in task.act_low],
         "act_high": [float(x) for x in task.act_high],
+        "actuator_joints": actuator_joints(task.make_env(task.horizon).unwrapped.model),
+        "home": task.home,
         "control_period_s": task.dt,
         "horizon": task.horizon,
         "obs_normalization": {"mean": [0.0] * task.obs_dim, "std": [1.0] * task.obs_dim},

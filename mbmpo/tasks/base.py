@@ -45,6 +45,7 @@ class TaskSpec:
     act_names: tuple[str, ...]
     source: str = ""  # what `get_task` was given: a registered name or the task YAML's absolute path
     preset: str = ""  # the training preset a task YAML names (small | medium | paper); "" = sized to the task
+    home: dict[str, Any] | None = None  # a task YAML's `home` (reset:=home; see mbmpo.deploy.reset.HomeSpec)
 
     def reward(self, obs: Any, act: Any, next_obs: Any) -> Any:
         """r(s, a, s') for batches `... x D`; returns `...`."""

@@ -12,6 +12,8 @@
       qvel: [0, 1]
     reset_noise: 0.1               # optional: uniform noise added to the initial qpos/qvel
     preset: small                  # optional: small | medium | paper (default: sized to the task)
+    home:                          # optional: where `reset:=home` drives the robot between episodes
+      positions: {x: 0.0, y: 0.0}       # joint -> position; optional kp, kd, limit, tolerance
 
 The functions follow `mbmpo.tasks.base`: `reward(obs, act, next_obs)` and `terminated(obs, act, next_obs)`
 on `... x D` arrays, using only operations numpy and torch share.
@@ -31,11 +33,12 @@ import mujoco
 import numpy as np
 import yaml
 
+from mbmpo.deploy.reset import HomeSpec
 from mbmpo.errors import UserError
 from mbmpo.tasks.base import TaskSpec
-from mbmpo.tasks.mujoco_names import state_names
+from mbmpo.tasks.mujoco_names import actuator_joints, state_names
 
-_KEYS = {"name", "mjcf", "horizon", "frame_skip", "reward", "termination", "observation", "reset_noise", "preset"}
+_KEYS = {"name", "mjcf", "horizon", "frame_skip", "reward", "termination", "observation", "reset_noise", "preset", "home"}
 
 
 def resolve_function(ref: str, base_dir: Path, where: str) -> Callable[..., Any]:
@@ -155,6 +158,12 @@ def load_task_yaml(path: str | Path) -> TaskSpec:
     term_ref = raw.get("termination")
     termination_fn = resolve_function(str(term_ref), base, f"task file {path}: termination") if term_ref else None
     qpos_names, qvel_names = state_names(model)
+    home = raw.get("home")
+    if home is not None:
+        try:
+            HomeSpec.from_config(home if isinstance(home, dict) else {}, actuator_joints(model))
+        except ValueError as err:
+            raise UserError(f"task file {path}: {err}") from None
     low, high = model.actuator_ctrlrange.T.astype(np.float32)
     env_kwargs: dict[str, Any] = dict(mjcf=mjcf, frame_skip=frame_skip, qpos_idx=qpos_idx, qvel_idx=qvel_idx,
                       reward_fn=reward_fn, termination_fn=termination_fn,
@@ -177,4 +186,5 @@ def load_task_yaml(path: str | Path) -> TaskSpec:
         act_names=tuple(model.actuator(i).name or f"act[{i}]" for i in range(model.nu)),
         source=str(path),
         preset=str(raw.get("preset", "")),
+        home=home,
     )

@@ -21,3 +21,15 @@ def state_names(model: mujoco.MjModel) -> tuple[list[str], list[str]]:
         for prefix, width, out in (("qpos", _QPOS_WIDTH[kind], qpos), ("qvel", _QVEL_WIDTH[kind], qvel)):
             out.extend([f"{prefix}:{name}"] if width == 1 else [f"{prefix}:{name}:{i}" for i in range(width)])
     return qpos, qvel
+
+
+def actuator_joints(model: mujoco.MjModel) -> list[str]:
+    """The joint each actuator drives ('' for tendon, site or body transmissions)."""
+    names = []
+    for i in range(model.nu):
+        if int(model.actuator_trntype[i]) == mujoco.mjtTrn.mjTRN_JOINT:
+            j = int(model.actuator_trnid[i, 0])
+            names.append(model.joint(j).name or f"joint{j}")
+        else:
+            names.append("")
+    return names

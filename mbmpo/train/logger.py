@@ -63,10 +63,14 @@ def plot_learning_curve(run_dir: Path, title: str) -> Path:
     rows = read_progress(run_dir)
     steps = [r.real_steps for r in rows]
     fig, (ax, diag) = plt.subplots(1, 2, figsize=(11, 4))
-    ax.plot(steps, [r.return_pre for r in rows], "o-", label="meta-policy (deterministic)")
-    ax.plot(steps, [r.return_post for r in rows], "s-", label="model-adapted policies (deterministic)")
+    robot = [(s, r.robot_return) for s, r in zip(steps, rows) if r.robot_return is not None]
+    where = "MuJoCo evaluation: " if robot else ""  # the ROS graph: the robot's episodes come first
+    if robot:
+        ax.plot(*zip(*robot), "D-", color="black", lw=2, label="robot: recorded episodes")
+    ax.plot(steps, [r.return_pre for r in rows], "o-", label=f"{where}meta-policy (deterministic)")
+    ax.plot(steps, [r.return_post for r in rows], "s-", label=f"{where}model-adapted policies (deterministic)")
     collect = [(s, r.return_collect) for s, r in zip(steps, rows) if r.return_collect is not None]
-    if collect:
+    if collect and not robot:
         ax.plot(*zip(*collect), "^-", alpha=0.7, label="exploration episodes (sampled)")
     ax.set_xlabel("real environment steps")
     ax.set_ylabel("mean episode return")

@@ -7,6 +7,9 @@ Returns, all real-environment, 200-step episodes as the task defines them:
 - `return_collect`: the exploration episodes those adapted policies collected, sampled actions: the
   authors' `EnvTrajs-AverageReturn` and RLlib's `episode_reward_mean` (REFERENCE.md);
 (an adaptation from *real* data is the runtime's business: `return_adapted` in `mbmpo eval --adapt`).
+In the ROS train graph the episodes come from the robot (or the sim node): `robot_return` is what they
+returned, the robot's own learning curve; the three returns above are then an evaluation in the task's
+MuJoCo model, which with `sim:=none` is not the robot.
 """
 
 from __future__ import annotations
@@ -46,6 +49,8 @@ class ProgressRow:
     t_fit: float
     t_meta: float
     t_eval: float
+    robot_return: float | None = None  # ROS graph: mean return of the complete episodes recorded this iteration
+    robot_episodes: int = 0  # how many there were
     val_loss: tuple[float, ...] = ()  # per member
 
     def to_dict(self) -> dict[str, Any]:
@@ -62,7 +67,7 @@ class ProgressRow:
             if f.name == "val_loss":
                 continue
             cell = raw.get(f.name, "")
-            if f.name == "return_collect":
+            if f.name in ("return_collect", "robot_return"):
                 values[f.name] = None if cell in ("", None) else float(cell)
             elif f.type in ("int", int):
                 values[f.name] = int(float(cell)) if cell not in ("", None) else 0

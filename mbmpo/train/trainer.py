@@ -28,7 +28,7 @@ from mbmpo.meta.loop import meta_optimize
 from mbmpo.models.buffer import TransitionBuffer
 from mbmpo.models.ensemble import DynamicsEnsemble
 from mbmpo.models.training import fit_ensemble
-from mbmpo.policy.gaussian import Params, init_params, select
+from mbmpo.policy.gaussian import Params, init_params, mean_action, select
 from mbmpo.rollouts.real import random_episodes, run_episodes
 from mbmpo.tasks.base import TaskSpec
 from mbmpo.tasks.checks import check_task_functions
@@ -169,6 +169,20 @@ class Trainer:
                                          self.real_horizon, deterministic=True)[0].ret)
         return float(np.mean(pre)) if pre else float("nan"), float(np.mean(post)) if post else float("nan")
 
+    def log_video(self, iteration: int) -> None:
+        """A deterministic episode of the meta-policy in TensorBoard (`rollout/meta_policy`)."""
+        from mbmpo.train.video import add_video, render_episode
+
+        params = self.state.params
+
+        def act(obs: np.ndarray) -> np.ndarray:
+            with torch.no_grad():
+                return mean_action(params, torch.as_tensor(obs, dtype=torch.float32)[None])[0].numpy()
+
+        frames, _ = render_episode(self.task, act, _seed(self.seed, iteration, Stream.EVALUATION_RESETS),
+                                   self.real_horizon)
+        add_video(self.logger.writer, "rollout/meta_policy", frames, self.buffer.total_steps, 1.0 / self.task.dt)
+
     def disagreement(self, episodes: list) -> float:
         """Ensemble disagreement on fresh real transitions: mean over dims of the std across members of
         the predicted next state, in units of the target standardisation."""
@@ -217,8 +231,12 @@ class Trainer:
         t3 = time.perf_counter()
         self.state = RunState(it + 1, params, adapted)
         ret_pre, ret_post = self.evaluate(it, self.cfg.collect.eval_episodes)
+        every = self.cfg.collect.video_every
+        if every and (it + 1) % every == 0 and self.logger.writer is not None:
+            self.log_video(it)
         t4 = time.perf_counter()
         collected = [e.ret for e in fresh] if exploring else []
+        robot = [e.ret for e in fresh if e.terminated or e.length >= self.real_horizon] if episodes is not None else []
         row = ProgressRow(
             iteration=it, real_steps=self.buffer.total_steps, return_pre=round(ret_pre, 3),
             return_post=round(ret_post, 3), wall_s=round(self.wall_offset + t4 - self._start, 2),
@@ -230,7 +248,9 @@ class Trainer:
             outer_steps=meta.outer_steps,
             model_val_loss=float(np.mean(fit.val_loss)), model_epochs=int(np.mean(fit.epochs)),
             disagreement=self.disagreement(fresh), t_collect=round(t1 - t0, 3), t_fit=round(t2 - t1, 3),
-            t_meta=round(t3 - t2, 3), t_eval=round(t4 - t3, 3), val_loss=tuple(float(v) for v in fit.val_loss))
+            t_meta=round(t3 - t2, 3), t_eval=round(t4 - t3, 3),
+            robot_return=round(float(np.mean(robot)), 3) if robot else None, robot_episodes=len(robot),
+            val_loss=tuple(float(v) for v in fit.val_loss))
         self.logger.log(row)
         self._checkpoint(row.wall_s)
         return row

@@ -19,6 +19,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.duration import Duration
@@ -47,6 +48,11 @@ class PolicyNode(Node):
         settings = ControllerSettings(
             mode=declare(self, "mode", "explore", "explore | deploy"),
             lockstep=self.lockstep,
+            trigger=declare(self, "trigger", "auto", "act on: auto (on each state when the driver streams at the "
+                            "control rate, else on the timer) | timer | state"),
+            reset=declare(self, "reset", "service", "between episodes: service (call reset_service and wait) | home "
+                          "(drive the joints home) | operator (wait for ~/start_episode) | none (continue)"),
+            home=declare(self, "home", "", "reset home: 'joint=position,...[,kp=..,kd=..]' ('' = the task YAML's)"),
             adapt_episodes=declare(self, "adapt_episodes", 2, "deploy: episodes of fresh data per adaptation"),
             adapt_max_kl=declare(self, "adapt_max_kl", 0.0, "deploy: KL bound; 0 takes the bundle's"),
             deterministic=declare(self, "deterministic", False, "act with the mean action"),
@@ -60,7 +66,7 @@ class PolicyNode(Node):
                                      "the control period far better, BENCHMARKS.md)")
         wait_for_recorder = declare(self, "wait_for_recorder", False, "explore: hold the safe command until a "
                                     "data node subscribes to transitions (none are published unheard)")
-        reset_service = declare(self, "reset_service", "sim_node/reset", "std_srvs/Trigger between episodes")
+        self.reset_service = declare(self, "reset_service", "sim_node/reset", "std_srvs/Trigger of reset:=service")
         task = declare(self, "task", "", "task whose reward code received bundles may carry ('' = only the "
                        "start bundle's reward.py)")
         self.report = declare(self, "report", "", "file for the final counters as JSON ('' = none)")
@@ -79,7 +85,11 @@ class PolicyNode(Node):
         self.create_subscription(JointState, "joint_states", self.guarded(self.on_state), 10, callback_group=control)
         self.create_subscription(PolicyBundle, "policy_bundle", self.guarded(self.on_bundle), BUNDLE_QOS,
                                  callback_group=control)
-        self.reset_client = self.create_client(Trigger, reset_service, callback_group=MutuallyExclusiveCallbackGroup())
+        self.reset_client = self.create_client(Trigger, self.reset_service,
+                                               callback_group=MutuallyExclusiveCallbackGroup())
+        self.reset_answer: tuple[bool, str] | None = None  # set by the service's future, taken on the control group
+        self.reset_answered = self.create_guard_condition(self.guarded(self.on_reset_answer), callback_group=control)
+        self.create_service(Trigger, "~/start_episode", self.on_start_episode, callback_group=control)
         self.create_timer(1.0, self.publish_status)
         self.bundles_received = 0
         self.timers_started = False
@@ -151,7 +161,7 @@ class PolicyNode(Node):
         now = time.monotonic()
         stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
         obs = self.controller.on_state(msg.name, msg.position, msg.velocity, stamp, now)
-        if obs is not None and self.lockstep:
+        if obs is not None and self.controller.acts_on_states:
             self.controller.latest = None
             self.apply(self.controller.control(obs, now))
 
@@ -175,8 +185,42 @@ class PolicyNode(Node):
         if decision.fault is not None:
             self.get_logger().error(f"runtime fault: {decision.fault}; safe command sent", throttle_duration_sec=1.0)
         self.publish_command(decision.command)
-        if decision.reset and self.reset_client.service_is_ready():
-            self.reset_client.call_async(Trigger.Request())
+        if decision.reset:
+            self.call_reset()
+
+    def call_reset(self) -> None:
+        """reset:=service: call the robot's reset; the answer reaches the controller on the control group."""
+        if not self.reset_client.service_is_ready():
+            self.reset_answer = (False, f"reset service '{self.reset_client.srv_name}' not available (a robot "
+                                        f"without one: reset:=home, operator or none)")
+            self.reset_answered.trigger()
+            return
+
+        def answered(future: Any) -> None:
+            try:
+                response = future.result()
+                self.reset_answer = (bool(response.success), str(response.message or "no message"))
+            except Exception as err:
+                self.reset_answer = (False, f"{type(err).__name__}: {err}")
+            self.reset_answered.trigger()
+
+        self.reset_client.call_async(Trigger.Request()).add_done_callback(answered)
+
+    def on_reset_answer(self) -> None:
+        answer, self.reset_answer = self.reset_answer, None
+        if answer is not None:
+            decision = self.controller.reset_finished(*answer, time.monotonic())
+            if decision is not None:
+                self.apply(decision)
+
+    def on_start_episode(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        """reset:=operator: the robot is ready, start the next episode."""
+        ok, decision = self.controller.operator_go(time.monotonic())
+        if decision is not None:
+            self.apply(decision)
+        response.success = ok
+        response.message = "episode starts" if ok else "nothing waits for the operator"
+        return response
 
     def publish_transition(self, decision: Decision) -> None:
         t = decision.transition
@@ -203,7 +247,7 @@ class PolicyNode(Node):
         """Wait (up to 5 s) until the data node has every transition, then report the final counters."""
         acked = self.tr_pub.wait_for_all_acked(Duration(seconds=5.0))
         c = self.controller
-        write_report("policy_node", {**c.counts, "all_acked": acked,
+        write_report("policy_node", {**c.counts, "all_acked": acked, "trigger": c.trigger,
                                      "bundle_delivery_ms": [round(d, 1) for d in c.deliveries_ms]}, self.report)
         c.worker.close(timeout=1.0)
 

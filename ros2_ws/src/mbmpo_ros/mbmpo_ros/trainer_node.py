@@ -153,8 +153,9 @@ class TrainerNode(Node):
             self.publish_bundle()
             self.log_bundle(row, newest_ns, t0)
             plot_learning_curve(self.out, f"MB-MPO (ROS) on {self.task.name}")
-            self.get_logger().info(f"iteration {row.iteration}: {row.real_steps} real steps, return pre "
-                                   f"{row.return_pre:.1f} post {row.return_post:.1f}")
+            robot = "" if row.robot_return is None else f"robot episodes {row.robot_return:.1f}; "
+            self.get_logger().info(f"iteration {row.iteration}: {row.real_steps} real steps, {robot}MuJoCo "
+                                   f"evaluation pre {row.return_pre:.1f} post {row.return_post:.1f}")
             if self.trainer.buffer.total_steps >= self.steps or (
                     self.target_return and row.return_pre >= self.target_return):
                 self.done = True
