@@ -58,6 +58,8 @@ def test_a_slow_reset_service_is_waited_for_and_no_episode_starts_before_it(pend
     hinge = json.loads((pendulum_bundle / "manifest.json").read_text())["obs_names"].index("qpos:hinge")
     assert len(starts) >= 6 and all(abs(obs[hinge]) < 0.05 for obs in starts.values()), starts
     policy_counts, data_counts = read_report(tmp_path / "policy.json"), read_report(tmp_path / "data.json")
+    print(f"\nRELIABILITY slow-reset: {len(starts)} recorded episodes, {policy_counts['resets']} resets, largest "
+          f"|hinge| at step 0 {max(abs(o[hinge]) for o in starts.values()):.4f} rad, rejected {data_counts['rejected']}")
     assert policy_counts["resets"] >= policy_counts["episodes"] >= 6
     assert data_counts["rejected"] == {}, data_counts
 
@@ -81,6 +83,10 @@ def test_reset_home_drives_a_robot_without_a_reset_service_home_before_each_epis
     for joint in ("shoulder", "elbow"):
         at = names.index(f"qpos:{joint}"), names.index(f"qvel:{joint}")
         assert all(abs(obs[at[0]]) <= 0.05 + 1e-6 and abs(obs[at[1]]) <= 0.1 + 1e-6 for obs in starts.values()), starts
+    counts = read_report(tmp_path / "policy.json")
+    print(f"\nRELIABILITY home: {len(starts)} recorded episodes, {counts['resets']} homings, largest joint error at "
+          f"step 0 {max(abs(o[names.index(f'qpos:{j}')]) for o in starts.values() for j in ('shoulder', 'elbow')):.4f}"
+          f" rad")
     assert read_report(tmp_path / "data.json")["rejected"] == {}
 
 
