@@ -1,6 +1,6 @@
 """Against the published MB-MPO runs: return at 100k real steps and the wall-clock to get there.
 
-    python benchmarks/published.py --task HalfCheetah-v5 --config config/HalfCheetah-v5-fast.yaml --threads 1
+    python benchmarks/published.py --task HalfCheetah-v5 --threads 1
     python benchmarks/published.py --task HalfCheetah-v5 --run runs/hc100k     # score a finished run
 
 Anchors (REFERENCE.md section 2, 200-step episodes): the original code about 550 (HalfCheetah) and 650 (Hopper)

@@ -2,7 +2,7 @@
 in one plot with the published anchors drawn in.
 
     python benchmarks/seeds.py --task HalfCheetah-v5 --runs runs/hc_s0 runs/hc_s1 runs/hc_s2 [--label kl02]
-    python benchmarks/seeds.py --task HalfCheetah-v5 --train --seeds 0 1 2 --config config/HalfCheetah-v5-fast.yaml
+    python benchmarks/seeds.py --task HalfCheetah-v5 --train --seeds 0 1 2
 
 Per seed, at the first iteration with at least `--steps` real steps: `return_pre` (deterministic meta-policy),
 `return_collect` (the adapted policies' sampled exploration episodes: the metric of the authors' and RLlib's

@@ -14,6 +14,8 @@ def test_every_registered_task_has_a_preset_that_loads(name: str) -> None:
     path = default_config_path(name)
     assert path is not None, f"config/{name}.yaml missing"
     assert isinstance(load_config(path), Config)
+    paper = path.parent / "paper" / path.name  # the published settings beside the default budget
+    assert name == "InvertedPendulum-v5" or isinstance(load_config(paper), Config)
 
 
 @pytest.mark.badinput

@@ -218,6 +218,7 @@ def test_colcon_builds_the_ros_package_with_launch_and_config_installed(tmp_path
     for name in ("train", "deploy"):
         launch = share / "launch" / f"{name}.launch.py"
         assert "generate_launch_description" in launch.read_text()  # a link that resolves, or a copy
-    assert (share / "config" / "HalfCheetah-v5-fast.yaml").is_file()
+    assert (share / "config" / "HalfCheetah-v5.yaml").is_file()
+    assert (share / "config" / "paper" / "HalfCheetah-v5.yaml").is_file()
     assert (share / "config" / "presets" / "small.yaml").is_file() and (share / "package.xml").is_file()
     assert (pkg / "share" / "ament_index" / "resource_index" / "packages" / "mbmpo_ros").is_file()

@@ -29,6 +29,7 @@ setup(
         (f"share/{PACKAGE}/launch", _files("launch/*.launch.py")),
         (f"share/{PACKAGE}/config", _files("config/*.yaml")),
         (f"share/{PACKAGE}/config/presets", _files("config/presets/*.yaml")),
+        (f"share/{PACKAGE}/config/paper", _files("config/paper/*.yaml")),
     ],
     install_requires=["setuptools"],
     zip_safe=True,
