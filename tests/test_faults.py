@@ -593,7 +593,11 @@ def test_sigint_during_a_training_iteration_abandons_it_cleanly_and_a_restart_tr
     assert not (out / "checkpoint.pt").exists() and read_progress(out) == []  # nothing of the dropped iteration
     assert TransitionBuffer.load(out / "data.npz", 4, 1, 10_000).total_steps == in_bag
     print(f"\nRELIABILITY sigint-mid-iteration: exit {code} {stopped_s:.1f} s after SIGINT, iteration abandoned")
-    # a restart trains on the saved data first (no new data arrives)
+    # a restart trains on the saved data first (no new data arrives); the run's saved config is what a restart
+    # uses: back to one outer step, so the iteration fits the wait on a loaded machine
+    saved = out / "config.yaml"
+    assert "meta_steps: 800" in saved.read_text()
+    saved.write_text(saved.read_text().replace("meta_steps: 800", "meta_steps: 1"))
     trainer = start_node("trainer_node", domain, params, log=tmp_path / "trainer2.log")
     try:
         end = time.monotonic() + 240

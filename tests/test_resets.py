@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from test_controller import NAMES, Robot, make_controller
 
-from mbmpo.deploy.controller import Controller, ControllerSettings, home_spec
+from mbmpo.deploy.controller import Controller, ControllerSettings
 from mbmpo.deploy.reset import HomeSpec
+from mbmpo.deploy.reset_cycle import home_spec
 from mbmpo.deploy.transitions import TransitionValidator
 from mbmpo.deploy.worker import Worker
 from mbmpo.runtime import BundleError

@@ -10,9 +10,10 @@ Modes: `explore` cycles the K adapted policies of the bundle, one per episode (M
 `deploy` runs the meta-policy for `adapt_episodes` episodes, adapts it with ONE gradient step on the
 worker, and swaps the adapted policy in at the next episode boundary.
 
-Resets (`reset`, see `mbmpo.deploy.reset`): between episodes, and before the first, the robot is reset
-through a service, driven home, held for the operator, or not reset at all; states that arrive meanwhile
-are not acted on, and the episode starts from the first state that qualifies, so no transition spans a reset.
+Resets (`reset`, see `mbmpo.deploy.reset` and `mbmpo.deploy.reset_cycle`): between episodes, and before the
+first, the robot is reset through a service, driven home, held for the operator, or not reset at all; states
+that arrive meanwhile are not acted on, and the episode starts from the first state that qualifies, so no
+transition spans a reset.
 
 Faults: a runtime error inside a decision (a non-finite action, a reward function that raises or returns
 nonsense) never propagates: the decision is the safe command, `faults` counts it, and no transition spans
@@ -35,7 +36,8 @@ import numpy as np
 
 from mbmpo.deploy.contract import ObservationBuilder, ObservationError
 from mbmpo.deploy.rate import RateMonitor
-from mbmpo.deploy.reset import RESET_MODES, HomeSpec
+from mbmpo.deploy.reset import RESET_MODES
+from mbmpo.deploy.reset_cycle import ResetCycle, home_spec
 from mbmpo.deploy.safety import ActionGuard, Mode, Watchdog
 from mbmpo.deploy.transitions import TransitionRecord
 from mbmpo.deploy.trust import CodeAllowlist, task_code_digest
@@ -143,22 +145,12 @@ class Controller:
         self.episode_act: list[np.ndarray] = []
         self.adapting = False
         self.latest: np.ndarray | None = None  # the newest accepted state not acted on yet (timer control)
-        self.reset_warned_none = False
         self.event_driven = settings.trigger == "state"  # act on each state as it arrives (else on the timer)
-        self.reset_failures_in_row = 0
         self.last_stamp: int | None = None
         self.last_tick: float | None = None
-        # between episodes: None (in an episode) | request (reset service) | after (first state stamped at or
-        # after `reset_after_ns`) | home | operator
-        self.reset_phase: str | None = None
-        self.reset_due = False  # a service call to hand out with the next decision
-        self.reset_requested_ns = 0
-        self.reset_after_ns = 0
-        self.reset_retry_at: float | None = None
-        self.reset_began = 0.0  # when the robot was sent home / when the operator was asked (monotonic)
-        self.reset_warned = False
-        self.home: HomeSpec | None = None
-        self.joints: tuple[dict[str, float], dict[str, float]] = ({}, {})  # positions, velocities by joint
+        # logs and reads the clock through the controller: an owner (or a test) may set `log`, `clock_ns` later
+        self.resets = ResetCycle(settings.reset, settings.lockstep, self.counts,
+                                 lambda level, message: self.log(level, message), lambda: self.clock_ns())
         self.newest: np.ndarray | None = None  # the newest accepted state (an episode may start from it)
 
     # ---- bundles ----------------------------------------------------------------------------------
@@ -207,7 +199,7 @@ class Controller:
             self.period = float(m["control_period_s"])
         self.watchdog.timeout = self.settings.watchdog_periods * self.period
         if self.settings.reset == "home":
-            self.home = home_spec(self.settings.home, m)
+            self.resets.home = home_spec(self.settings.home, m)
         self.base = meta
         self.explore_index = 0
         self.fresh, self.fresh_episodes = [], 0
@@ -216,7 +208,7 @@ class Controller:
         if first:  # the first episode starts like every other: after a reset
             self.policy, self.pending = self.pending, None
             self.state_mode = Mode.RESET
-            self._begin_reset(time.monotonic())
+            self.resets.begin(time.monotonic())
         self.counts["bundles_loaded"] += 1
         self.log("info", f"policy {m['policy_version']} ready ({m['n_explore']} exploration sets)")
 
@@ -277,8 +269,7 @@ class Controller:
             return None
         self.last_stamp = stamp_ns
         self.newest = obs
-        if self.settings.reset == "home":
-            self.joints = (dict(zip(names, map(float, positions))), dict(zip(names, map(float, velocities))))
+        self.resets.see_joints(names, positions, velocities)
         self.watchdog.feed(now)
         self.rate.feed(now)
         mismatch = None if self.settings.lockstep else self.rate.mismatch(self.period)
@@ -331,9 +322,7 @@ class Controller:
     def on_watchdog(self, now: float, lockstep: bool) -> Decision | None:
         """Stale states: the safe command within one control period. In lock-step the robot (a simulator)
         moves only on commands, so there is nothing to hold and a command would step it: none is sent."""
-        if self.reset_phase == "request" and self.reset_retry_at is not None and now >= self.reset_retry_at:
-            self.reset_retry_at = None
-            self.reset_requested_ns = self.clock_ns()
+        if self.resets.retry_due(now):
             return Decision(None, reset=True)  # the reset service failed or was missing: ask again
         if lockstep or self.policy is None or not self.watchdog.stale(now):
             return None
@@ -365,10 +354,10 @@ class Controller:
                 transition = self._transition(obs)
                 if transition.terminated or transition.truncated:
                     self._end_episode(obs)
-                    self._begin_reset(received)
-            if self.reset_phase is not None:
-                command, call = self._between_episodes(received)
-                if self.reset_phase is not None:  # still resetting: nothing acts, no transition spans it
+                    self.resets.begin(received)
+            if self.resets.phase is not None:
+                command, call = self.resets.step(received, self.last_stamp, self.guard)
+                if self.resets.phase is not None:  # still resetting: nothing acts, no transition spans it
                     self.state_mode = Mode.RESET
                     return Decision(command, transition, reset=call)
             self.state_mode = Mode.POLICY
@@ -437,89 +426,27 @@ class Controller:
         self.step, self.piece_step, self.episode_return, self.prev, self.pieces = 0, 0, 0.0, None, []
         self.episode_obs, self.episode_act = [], []
 
-    # ---- resets between episodes --------------------------------------------------------------------
-    def _begin_reset(self, now: float) -> None:
-        """The episode ended (or the first is about to start): begin the reset mode's phase."""
-        mode = self.settings.reset
-        self.reset_began, self.reset_warned, self.reset_retry_at = now, False, None
-        if mode == "none":
-            if not self.reset_warned_none:
-                self.reset_warned_none = True
-                self.log("info", "reset none: each episode continues from where the last one ended")
-            return
-        if mode == "service":
-            self.reset_phase, self.reset_due = "request", True
-        elif mode == "home":
-            self.reset_phase = "home"
-        else:
-            self.reset_phase = "operator"
-            self.log("info", "episode ready: waiting for the operator (Enter in the mbmpo-bringup terminal, or "
-                             "the policy node's ~/start_episode Trigger service)")
-
-    def _between_episodes(self, now: float) -> tuple[np.ndarray | None, bool]:
-        """One state between episodes: (the command to send, whether to call the reset service now).
-        Clears `reset_phase` when the state at hand may start the episode."""
-        phase = self.reset_phase
-        if phase == "request":
-            call, self.reset_due = self.reset_due, False
-            if call:
-                self.reset_requested_ns = self.clock_ns()
-            return None, call
-        if phase == "after":
-            if self.last_stamp is not None and self.last_stamp >= self.reset_after_ns:
-                self.reset_phase = None
-            return None, False
-        if phase == "home":
-            assert self.home is not None and self.guard is not None
-            positions, velocities = self.joints
-            if self.home.reached(positions, velocities):
-                self.reset_phase = None
-                self.counts["resets"] += 1
-                return None, False
-            if now - self.reset_began > self.home.timeout_s and not self.reset_warned:
-                self.reset_warned = True
-                errors = {j: round(e, 3) for j, e in self.home.errors(positions, velocities).items()}
-                self.log("warning", f"home not reached in {self.home.timeout_s:g} s (errors {errors}): still "
-                                    f"driving; check the home gains or the robot")
-            return self.home.command(positions, velocities, self.guard.low, self.guard.high, self.guard.safe), False
-        # operator: hold still (in lock-step a command would step the simulator: send none)
-        return (None if self.settings.lockstep else self.safe_command()), False
+    # ---- resets between episodes (mbmpo.deploy.reset_cycle) ------------------------------------------
+    @property
+    def reset_phase(self) -> str | None:
+        """None in an episode; else the reset's phase (request | after | home | operator)."""
+        return self.resets.phase
 
     def reset_finished(self, ok: bool, message: str, now: float) -> Decision | None:
-        """The reset service answered (`ok`) or could not be called. On success the episode starts from the
-        first state stamped after the response (after the request in lock-step: the simulator publishes its
-        reset state while answering). On failure the call is repeated a second later."""
-        if self.reset_phase != "request":
-            return None
-        if not ok:  # a service still being discovered at start is normal: warn from the third failure in a row
-            self.counts["reset_failures"] += 1
-            self.reset_failures_in_row += 1
-            self.log("warning" if self.reset_failures_in_row >= 3 else "info",
-                     f"reset failed: {message}; asking again in 1 s")
-            self.reset_retry_at = now + 1.0
-            return None
-        self.reset_failures_in_row = 0
-        self.counts["resets"] += 1
-        self.reset_phase = "after"
-        self.reset_after_ns = self.reset_requested_ns if self.settings.lockstep else self.clock_ns()
-        return self._start_from_newest(now)
+        """The reset service answered (`ok`) or could not be called (then it is asked again a second later).
+        In lock-step the decision for the state at hand, when it may start the episode."""
+        return self._start_from_newest(now) if self.resets.finished(ok, message, now) else None
 
     def operator_go(self, now: float) -> tuple[bool, Decision | None]:
         """The operator says the robot is ready: the episode starts from the next state (lock-step: from the
         state at hand, the decision returned). (False, None) when nothing waits for the operator."""
-        if self.reset_phase != "operator":
+        if not self.resets.operator_go(self.last_stamp):
             return False, None
-        self.counts["resets"] += 1
-        self.reset_phase, self.reset_after_ns = "after", self.clock_ns()
-        if self.settings.lockstep and self.last_stamp is not None:
-            self.reset_after_ns = self.last_stamp
         return True, self._start_from_newest(now)
 
     def _start_from_newest(self, now: float) -> Decision | None:
         """Lock-step: no new state comes before a command, so the newest one, if it qualifies, starts now."""
-        if not self.settings.lockstep or self.newest is None or self.last_stamp is None:
-            return None
-        if self.last_stamp < self.reset_after_ns:
+        if not self.settings.lockstep or self.newest is None or not self.resets.may_start(self.last_stamp):
             return None
         return self.control(self.newest, now)
 
@@ -549,7 +476,7 @@ class Controller:
             "mean_return": {k: float(np.mean(v[-10:])) for k, v in self.returns.items()},
             "last_fault": self.last_fault,
             "state_rate_hz": self.rate.hz,
-            "reset": self.settings.reset, "resetting": self.reset_phase, "trigger": self.trigger,
+            "reset": self.settings.reset, "resetting": self.resets.phase, "trigger": self.trigger,
             **self.counts,
         }
 
@@ -563,21 +490,3 @@ def _scalar(value: Any, what: str) -> float:
     if not math.isfinite(x):
         raise ValueError(f"the bundle's {what} function returned {x}")
     return x
-
-
-def home_spec(parameter: str, manifest: dict[str, Any]) -> HomeSpec:
-    """reset:=home: the policy node's `home` parameter, else the bundle's (the task YAML's `home`), driving the
-    joints the manifest names per action. Raises BundleError saying what is missing."""
-    actuators = manifest.get("actuator_joints")
-    if not actuators:
-        raise BundleError("reset:=home needs the joint each action drives (manifest 'actuator_joints'); "
-                          "re-export the bundle with this version")
-    try:
-        if parameter:
-            return HomeSpec.parse(parameter, actuators)
-        if manifest.get("home"):
-            return HomeSpec.from_config(manifest["home"], actuators)
-    except ValueError as err:
-        raise BundleError(str(err)) from None
-    raise BundleError("reset:=home needs a home configuration: `home:` in the task YAML or the policy node's "
-                      "home parameter (joint=position,...)")
