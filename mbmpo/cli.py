@@ -26,6 +26,13 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--config", type=Path, help="YAML preset (default: config/<task>.yaml if present)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out")
     train.add_argument("--target-return", type=float, help="stop once the meta-policy's return reaches this")
+    train.add_argument("--init", type=Path, metavar="RUN_DIR",
+                       help="fine-tune: start from that run's models, normalisers and policies (and its config "
+                            "unless --config is given)")
+    train.add_argument("--keep-init-data", action="store_true",
+                       help="with --init: also train on that run's transitions (not counted in --steps)")
+    train.add_argument("--perturb", nargs="*", metavar="KEY=SCALE",
+                       help="train on a shifted robot: scale mass, inertia, friction, gear, damping")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.add_argument("--threads", type=int, default=0,
                        help="torch CPU threads (0: torch's default). Use 1 when other busy processes share the cores")
@@ -78,6 +85,8 @@ def _train(args: argparse.Namespace) -> int:
 
     from mbmpo.config import Config, choose_config, load_config
     from mbmpo.tasks import get_task
+    from mbmpo.tasks.perturb import parse_perturbations
+    from mbmpo.train.init import init_config
     from mbmpo.train.logger import plot_learning_curve
     from mbmpo.train.progress import ProgressRow
     from mbmpo.train.trainer import Trainer
@@ -89,11 +98,18 @@ def _train(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     task = get_task(args.task)
-    config_path, chosen = (args.config, f"config {args.config}") if args.config else \
-        choose_config(task.name, task.obs_dim, task.act_dim, task.preset)
-    print(f"mbmpo: {task.name}: {chosen}", flush=True)
-    cfg = load_config(config_path) if config_path else Config()
-    trainer = Trainer(task, cfg, args.out, args.seed, resume=args.resume)
+    if args.keep_init_data and args.init is None:
+        raise UserError("--keep-init-data needs --init RUN_DIR")
+    perturb = parse_perturbations(args.perturb)
+    if args.init is not None and not args.config:
+        cfg, chosen = init_config(args.init), f"config of the run {args.init} (--init)"
+    else:
+        config_path, chosen = (args.config, f"config {args.config}") if args.config else \
+            choose_config(task.name, task.obs_dim, task.act_dim, task.preset)
+        cfg = load_config(config_path) if config_path else Config()
+    print(f"mbmpo: {task.name}: {chosen}" + (f"; robot shifted {perturb}" if perturb else ""), flush=True)
+    trainer = Trainer(task, cfg, args.out, args.seed, resume=args.resume, init=args.init,
+                      keep_init_data=args.keep_init_data, perturb=perturb)
     bar = tqdm(total=args.steps, initial=min(trainer.buffer.total_steps, args.steps), unit="step",
                desc=f"MB-MPO {task.name}", disable=args.no_progress, dynamic_ncols=True)
 

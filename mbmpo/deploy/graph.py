@@ -20,6 +20,8 @@ TRAIN_ARGUMENTS: dict[str, tuple[str, str]] = {
     "seed": ("0", "random seed"),
     "steps": ("10000", "real transitions to collect before training stops"),
     "target_return": ("0", "stop once the meta-policy's evaluation return reaches this (0: never)"),
+    "init": ("", "fine-tune: a finished run (e.g. trained in simulation) whose models and policies start this one"),
+    "keep_init_data": ("false", "with init: also train on that run's transitions (true | false)"),
     "sim_mode": ("lockstep", "sim timing: lockstep (steps on each command), realtime, or fast"),
     "speedup": ("1.0", "sim_mode fast: simulated seconds per wall second"),
     "perturb": ("", "sim physics scales, e.g. mass=1.3,friction=0.6"),
@@ -83,6 +85,13 @@ def _reset(a: dict[str, str]) -> dict[str, str]:
     return {"reset": a["reset"], "home": a["home"], "reset_service": a["reset_service"]}
 
 
+def _flag(a: dict[str, str], name: str) -> bool:
+    value = a[name].strip().lower()
+    if value not in ("true", "false"):
+        raise ValueError(f"{name}:={a[name]} is not true or false")
+    return value == "true"
+
+
 def _sim(a: dict[str, str]) -> list[NodeSpec]:
     if a["sim"] == "none":
         return []
@@ -108,7 +117,8 @@ def train_graph(args: dict[str, str]) -> list[NodeSpec]:
                                             "report": f"{out}/reports/data_node.json"}),
         NodeSpec("trainer_node", "trainer_node",
                  {"task": a["task"], "config": a["config"], "out": out, "seed": int(a["seed"]),
-                  "steps": int(a["steps"]), "target_return": float(a["target_return"])}, ends_graph=True),
+                  "steps": int(a["steps"]), "target_return": float(a["target_return"]), "init": a["init"],
+                  "keep_init_data": _flag(a, "keep_init_data")}, ends_graph=True),
     ]
 
 

@@ -32,7 +32,9 @@ from mbmpo.policy.gaussian import Params, init_params, mean_action, select
 from mbmpo.rollouts.real import random_episodes, run_episodes
 from mbmpo.tasks.base import TaskSpec
 from mbmpo.tasks.checks import check_task_functions
+from mbmpo.tasks.perturb import apply_perturbations
 from mbmpo.train.checkpoint import CHECKPOINT, check_task_matches, load_checkpoint, save_checkpoint
+from mbmpo.train.init import load_init
 from mbmpo.train.logger import RunLogger
 from mbmpo.train.progress import ProgressRow
 
@@ -69,6 +71,7 @@ class Trainer:
     """Owns the ensemble, the policy, the data buffer and the run directory."""
 
     def __init__(self, task: TaskSpec, cfg: Config, run_dir: Path, seed: int, resume: bool = False,
+                 init: Path | None = None, keep_init_data: bool = False, perturb: dict[str, float] | None = None,
                  tensorboard: bool = True):
         self.task, self.cfg, self.run_dir, self.seed = task, cfg, Path(run_dir), seed
         check_task_functions(task, torch_batches=True)  # before anything is written: a bad reward leaves no run
@@ -82,6 +85,8 @@ class Trainer:
                 raise UserError(f"{self.run_dir} was trained on task '{saved.get('task')}', not '{task.name}'")
             self.cfg = cfg = config_from_dict(saved["config"], source=str(self.run_dir / CONFIG))
             self.seed = seed = int(saved["seed"])
+            perturb = saved.get("perturb") or perturb
+            init, keep_init_data = saved.get("init") or init, bool(saved.get("keep_init_data", keep_init_data))
         self.real_horizon = cfg.collect.horizon or task.horizon
         self.imagined_horizon = cfg.meta.horizon or self.real_horizon
         self.n_tasks = cfg.model.ensemble_size * cfg.meta.tasks_per_model
@@ -96,16 +101,22 @@ class Trainer:
         self.buffer = TransitionBuffer(task.obs_dim, task.act_dim, cfg.model.buffer_size)
         self.envs = [task.make_env(self.real_horizon) for _ in range(self.n_tasks)]
         self.eval_env = task.make_env(self.real_horizon)
+        self.perturb = dict(perturb or {})  # the "real" robot's physics scales (emulating a reality gap)
+        for env in [*self.envs, self.eval_env]:
+            apply_perturbations(env, self.perturb)
         self.wall_offset = 0.0
         self._start = time.perf_counter()
         self.ckpt_steps: int | None = None
         self.should_stop: Callable[[], bool] = lambda: False  # the owner's stop request (raises Abandoned)
         if resume:
             self._restore()
+        if init is not None and self.state.adapted is None:  # no checkpoint of its own yet: start from init
+            self._warm_start(Path(init), keep_init_data and not len(self.buffer))
         if not (self.run_dir / CONFIG).exists():
             (self.run_dir / CONFIG).write_text(yaml.safe_dump(
-                {"task": task.name, "task_source": task.source or task.name, "seed": seed, "config": cfg.to_dict()},
-                sort_keys=False))
+                {"task": task.name, "task_source": task.source or task.name, "seed": seed, "config": cfg.to_dict(),
+                 "init": str(init) if init is not None else None, "keep_init_data": keep_init_data,
+                 "perturb": self.perturb}, sort_keys=False))
         self.logger = RunLogger(self.run_dir, keep_iterations=self.state.iteration, tensorboard=tensorboard)
 
     # ---- persistence -------------------------------------------------------------------------------
@@ -124,6 +135,18 @@ class Trainer:
             self.ckpt_steps = int(ckpt["real_steps"])
         elif len(self.buffer):
             self.ckpt_steps = 0  # killed before the first checkpoint: train on the data already collected
+
+    def _warm_start(self, init: Path, keep_data: bool) -> None:
+        """Fine-tuning (`mbmpo.train.init`): ensemble, normalisers, optimiser, meta-policy and adapted policies
+        from the run in `init`; its data too with `keep_data`, not counted as this run's real steps."""
+        ckpt = load_init(init, self.task.name, self.task.obs_dim, self.task.act_dim, self.cfg)
+        self.ensemble.load_state_dict(ckpt["ensemble"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.state = RunState(0, ckpt["params"], ckpt["adapted"])
+        if keep_data and (init / DATA).is_file():
+            self.buffer = TransitionBuffer.load(init / DATA, self.task.obs_dim, self.task.act_dim,
+                                                self.cfg.model.buffer_size)
+            self.buffer.total_steps = 0  # the kept transitions are the old run's: this run's count starts at 0
 
     def _checkpoint(self, wall_s: float) -> None:
         save_checkpoint(self.run_dir, {
@@ -211,7 +234,7 @@ class Trainer:
         t0 = time.perf_counter()
         skip_collect = self.data_ahead() and episodes is None
         exploring = self.state.adapted is not None
-        if len(self.buffer) == 0 and self.state.adapted is not None and not episodes:
+        if len(self.buffer) == 0 and self.ckpt_steps and not episodes:  # a checkpoint with steps, no data
             raise UserError(f"{self.run_dir}: checkpoint found but {DATA} is missing; cannot resume without data")
         if episodes is not None:
             fresh = list(episodes)

@@ -35,6 +35,7 @@ from mbmpo.export.bundle import export_policy
 from mbmpo.policy.gaussian import stack_params
 from mbmpo.runtime.format import sha256
 from mbmpo.tasks import get_task
+from mbmpo.train.init import init_config
 from mbmpo.train.logger import plot_learning_curve
 from mbmpo.train.progress import ProgressRow
 from mbmpo.train.trainer import CHECKPOINT, Trainer
@@ -55,15 +56,21 @@ class TrainerNode(Node):
         self.steps = declare(self, "steps", 10000, "real transitions after which training stops")
         self.target_return = declare(self, "target_return", 0.0, "stop early at this return (0: never)")
         self.bag_dir = Path(declare(self, "bag_dir", "", "bag to read ('' = OUT/bag)") or self.out / "bag")
+        init = declare(self, "init", "", "fine-tune: a finished run to start from ('' = from scratch)")
+        keep_init_data = declare(self, "keep_init_data", False, "with init: also train on that run's transitions")
         threads = declare(self, "threads", 1, "torch CPU threads; 1 leaves cores to the robot-side nodes")
         torch.set_num_threads(max(1, threads))
         self.task = get_task(task_name)
-        path, chosen = (Path(config), f"config {config}") if config else \
-            choose_config(self.task.name, self.task.obs_dim, self.task.act_dim, self.task.preset)
+        if init and not config:
+            cfg, chosen = init_config(Path(init)), f"config of the run {init} (init)"
+        else:
+            path, chosen = (Path(config), f"config {config}") if config else \
+                choose_config(self.task.name, self.task.obs_dim, self.task.act_dim, self.task.preset)
+            cfg = load_config(path) if path else Config()
         self.get_logger().info(f"{self.task.name}: {chosen}")
-        cfg = load_config(path) if path else Config()
         resume = (self.out / CHECKPOINT).exists() or (self.out / "data.npz").exists()
-        self.trainer = Trainer(self.task, cfg, self.out, seed, resume=resume)
+        self.trainer = Trainer(self.task, cfg, self.out, seed, resume=resume, init=Path(init) if init else None,
+                               keep_init_data=keep_init_data)
         self.trainer.should_stop = lambda: self.stopping  # a stop abandons the iteration between steps
         self.cfg = self.trainer.cfg
         self.episodes_per_iteration = self.trainer.n_tasks * self.cfg.collect.rollouts_per_task
@@ -122,7 +129,8 @@ class TrainerNode(Node):
         """Complete episodes and the newest transition's stamp (ns), once enough for the next iteration have
         arrived; None otherwise. What is taken is recorded (OUT/intake.json) before the trainer saves it:
         see `mbmpo.deploy.intake`."""
-        first = self.trainer.state.adapted is None or self.trainer.buffer.total_steps == 0
+        # uniform random data first, unless the run starts from another's (init) adapted policies
+        first = self.trainer.state.adapted is None
         with self.lock:
             ready = self.intake.take(min_transitions=self.cfg.collect.initial_random_steps if first else 0,
                                      min_episodes=0 if first else self.episodes_per_iteration)
