@@ -115,6 +115,12 @@ def test_deploy_adapts_on_the_worker_and_swaps_at_the_next_episode(pendulum_bund
     assert c.counts["adaptations"] == 1 and c.pending is not None and c.policy is c.base
     robot.run(7)
     assert c.policy.name == "meta+adapted"
+    robot.run(6)  # an episode of the adapted policy ends: ~/status shows the returns before and after
+    effect = {k: v for k, v in c.status().items() if "adaptation" in k and k.startswith(("return", "episodes"))}
+    meta, adapted = c.returns["meta"], c.returns["meta+adapted"]
+    assert effect == {"return_before_adaptation": pytest.approx(np.mean(meta)), "episodes_before_adaptation": len(meta),
+                      "return_after_adaptation": pytest.approx(np.mean(adapted)),
+                      "episodes_after_adaptation": len(adapted)} and len(adapted) >= 1
 
 
 def test_a_failing_adaptation_keeps_the_meta_policy_acting(pendulum_bundle: Path) -> None:

@@ -1,6 +1,7 @@
 """The ROS-free deployment logic: observation contract, safety, transition validation, bag, graph."""
 
 import ast
+import json
 import sys
 import types
 from pathlib import Path
@@ -222,3 +223,16 @@ def test_colcon_builds_the_ros_package_with_launch_and_config_installed(tmp_path
     assert (share / "config" / "paper" / "HalfCheetah-v5.yaml").is_file()
     assert (share / "config" / "presets" / "small.yaml").is_file() and (share / "package.xml").is_file()
     assert (pkg / "share" / "ament_index" / "resource_index" / "packages" / "mbmpo_ros").is_file()
+
+
+def test_the_deploy_summary_shows_the_return_before_and_after_adaptation(tmp_path: Path) -> None:
+    from mbmpo.deploy.bringup import deploy_summary
+
+    report = tmp_path / "policy_node.json"
+    report.write_text(json.dumps({"episodes": 9, "transitions": 1800, "faults": 0, "resets": 9, "adaptations": 1,
+                                  "adaptations_refused": 0, "return_before_adaptation": 88.25,
+                                  "episodes_before_adaptation": 4, "return_after_adaptation": None,
+                                  "episodes_after_adaptation": 0}))
+    text = deploy_summary(report)
+    assert "9 episodes" in text and "return before adaptation 88.2 (mean of 4), after none yet" in text
+    assert "no policy node report" in deploy_summary(tmp_path / "missing.json")

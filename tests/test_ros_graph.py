@@ -97,6 +97,8 @@ def test_deploy_mode_adapts_online_and_swaps_at_episode_boundaries(tmp_path: Pat
         assert probe.spin_until(lambda: status[-1]["episodes"] >= episodes_at_swap + 3, 60), status[-1]
         last = status[-1]
         assert last["policy"].endswith("+adapted") and "meta+adapted" in last["mean_return"], last
+        assert last["episodes_before_adaptation"] >= 1 and last["episodes_after_adaptation"] >= 3, last
+        assert last["return_after_adaptation"] == pytest.approx(last["mean_return"]["meta+adapted"]), last
         assert last["adaptations_refused"] == 0
         # precise timing is a benchmark's business (benchmarks/ros_latency.py); the stated bound here, loose
         # enough for a loaded CI machine: the adaptation and the swaps cost at most 10% of the control periods

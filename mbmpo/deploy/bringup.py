@@ -10,6 +10,7 @@ after a grace period) on Ctrl-C, after `duration:=SECONDS`, or when the trainer 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -122,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         stop(procs)
     if graph == "train":
         print(summary(Path(specs[-1].parameters["out"])), flush=True)
+    elif args.get("reports"):
+        print(deploy_summary(Path(args["reports"]) / "policy_node.json"), flush=True)
     return code
 
 
@@ -173,6 +176,25 @@ def summary(out: Path) -> str:
     for name in ("policy/manifest.json", "learning_curve.png"):
         if (out / name).exists():
             lines.append(f"  {out / name}")
+    return "\n".join(lines)
+
+
+def deploy_summary(report: Path) -> str:
+    """What the policy node reported when it stopped: episodes, and the return before and after adaptation."""
+    try:
+        r = json.loads(report.read_text())
+    except (OSError, ValueError) as err:
+        return f"mbmpo-bringup: no policy node report ({report}: {err})"
+
+    def mean(key: str) -> str:
+        value = r.get(f"return_{key}_adaptation")
+        return "none yet" if value is None else f"{value:.1f} (mean of {r.get(f'episodes_{key}_adaptation')})"
+
+    lines = [f"mbmpo-bringup: policy node: {r.get('episodes')} episodes, {r.get('transitions')} transitions, "
+             f"{r.get('faults')} faults, {r.get('resets')} resets",
+             f"  adaptations {r.get('adaptations')} applied, {r.get('adaptations_refused')} refused"]
+    if "return_before_adaptation" in r:
+        lines.append(f"  return before adaptation {mean('before')}, after {mean('after')}")
     return "\n".join(lines)
 
 

@@ -463,6 +463,16 @@ class Controller:
         self.worker.submit("adapt", job, context=base)
 
     # ---- reports ----------------------------------------------------------------------------------
+    def adaptation_effect(self) -> dict[str, Any]:
+        """deploy: the mean return of the meta-policy's episodes (before adaptation) and of the adapted
+        policy's (after), over the last 10 of each; None where there is none yet."""
+        if self.settings.mode != "deploy" or self.base is None:
+            return {}
+        before = self.returns.get(self.base.name, [])[-10:]
+        after = self.returns.get(f"{self.base.name}+adapted", [])[-10:]
+        return {"return_before_adaptation": _mean(before), "episodes_before_adaptation": len(before),
+                "return_after_adaptation": _mean(after), "episodes_after_adaptation": len(after)}
+
     def status(self) -> dict[str, Any]:
         lat = np.asarray(self.latencies[-2000:]) * 1e3
         return {
@@ -474,11 +484,16 @@ class Controller:
             "latency_ms_p99": float(np.percentile(lat, 99)) if lat.size else None,
             "bundle_delivery_ms": self.deliveries_ms[-1] if self.deliveries_ms else None,
             "mean_return": {k: float(np.mean(v[-10:])) for k, v in self.returns.items()},
+            **self.adaptation_effect(),
             "last_fault": self.last_fault,
             "state_rate_hz": self.rate.hz,
             "reset": self.settings.reset, "resetting": self.resets.phase, "trigger": self.trigger,
             **self.counts,
         }
+
+
+def _mean(values: list[float]) -> float | None:
+    return float(np.mean(values)) if values else None
 
 
 def _scalar(value: Any, what: str) -> float:
