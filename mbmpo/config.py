@@ -108,8 +108,14 @@ class CollectConfig:
     eval_episodes: int = 5  # deterministic episodes of the meta-policy per iteration (not training data)
     horizon: int = 0  # real episode length; 0 means the task's horizon
     video_every: int = 0  # a rollout video of the meta-policy in TensorBoard every N iterations (0: none)
+    # dynamics randomisation of the simulated collection: 'mass=0.7:1.4,friction=0.5:1.5' scales each
+    # exploration episode's physics by a log-uniform draw per key ('' = none; evaluation stays nominal)
+    randomize: str = ""
 
     def __post_init__(self) -> None:
+        from mbmpo.tasks.perturb import parse_ranges
+
+        parse_ranges(self.randomize)
         _check(self.initial_random_steps >= 0 and self.rollouts_per_task >= 1, "collect sizes out of range")
         _check(self.eval_episodes >= 0 and self.horizon >= 0 and self.video_every >= 0,
                "collect.eval_episodes/horizon/video_every >= 0")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -58,12 +59,16 @@ def run_episodes(task: TaskSpec, envs: list[Any], params: Params | None, seeds: 
                     rew=np.asarray(traj_rew[i], np.float32), terminated=terminated[i]) for i in range(n)]
 
 
-def random_episodes(task: TaskSpec, env: Any, steps: int, horizon: int, seed: int) -> list[Episode]:
-    """Uniform random actions until at least `steps` transitions are collected."""
+def random_episodes(task: TaskSpec, env: Any, steps: int, horizon: int, seed: int,
+                    before_episode: Callable[[int], None] | None = None) -> list[Episode]:
+    """Uniform random actions until at least `steps` transitions are collected; `before_episode(i)` is called
+    before the i-th episode (e.g. to draw the simulated robot's physics)."""
     rng = np.random.default_rng(seed)
     episodes: list[Episode] = []
     total = 0
     while total < steps:
+        if before_episode is not None:
+            before_episode(len(episodes))
         ep = run_episodes(task, [env], None, [seed + len(episodes)], min(horizon, steps - total), rng=rng)[0]
         episodes.append(ep)
         total += ep.length

@@ -1,8 +1,12 @@
-"""Physical perturbations of a simulated robot, to emulate the reality gap (`--perturb KEY=SCALE`)."""
+"""Physical perturbations of a simulated robot, to emulate the reality gap (`--perturb KEY=SCALE`), and
+dynamics randomisation (`collect.randomize`): each episode's physics drawn within ranges, as in the authors'
+randomised environments, so the models see a range of robots."""
 
 from __future__ import annotations
 
 from typing import Any
+
+import numpy as np
 
 from mbmpo.errors import UserError
 
@@ -43,3 +47,43 @@ def apply_perturbations(env: Any, scales: dict[str, float]) -> None:
             array *= scale
         else:
             array[:, column] *= scale
+
+
+def parse_ranges(text: str, where: str = "collect.randomize") -> dict[str, tuple[float, float]]:
+    """'mass=0.7:1.4,friction=0.5:1.5' -> {'mass': (0.7, 1.4), 'friction': (0.5, 1.5)}; '' -> {}.
+    Raises UserError naming the bad item."""
+    out: dict[str, tuple[float, float]] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, span = item.partition("=")
+        low, colon, high = span.partition(":")
+        if not sep or not colon or key not in PERTURBATIONS:
+            raise UserError(f"{where} '{item}': expected KEY=LOW:HIGH with KEY one of {sorted(PERTURBATIONS)}")
+        try:
+            lo, hi = float(low), float(high)
+        except ValueError:
+            raise UserError(f"{where} '{item}': LOW and HIGH must be numbers") from None
+        if not 0 < lo <= hi:
+            raise UserError(f"{where} '{item}': need 0 < LOW <= HIGH")
+        out[key] = (lo, hi)
+    return out
+
+
+class Randomizer:
+    """Draws a simulated robot's physics for each episode: every field in `ranges` scaled, from the values it
+    had when the randomizer was made, by a log-uniform draw in its range (so draws never compound)."""
+
+    def __init__(self, env: Any, ranges: dict[str, tuple[float, float]]):
+        self.model, self.ranges = env.unwrapped.model, ranges
+        self.nominal = {key: getattr(self.model, PERTURBATIONS[key][0]).copy() for key in ranges}
+
+    def draw(self, rng: np.random.Generator) -> dict[str, float]:
+        """Set a new draw in place; returns the scales."""
+        scales = {k: float(np.exp(rng.uniform(np.log(lo), np.log(hi)))) for k, (lo, hi) in self.ranges.items()}
+        for key, scale in scales.items():
+            field, column = PERTURBATIONS[key]
+            array, nominal = getattr(self.model, field), self.nominal[key]
+            if column is None:
+                array[:] = nominal * scale
+            else:
+                array[:, column] = nominal[:, column] * scale
+        return scales

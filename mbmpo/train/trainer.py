@@ -32,7 +32,7 @@ from mbmpo.policy.gaussian import Params, init_params, mean_action, select
 from mbmpo.rollouts.real import random_episodes, run_episodes
 from mbmpo.tasks.base import TaskSpec
 from mbmpo.tasks.checks import check_task_functions
-from mbmpo.tasks.perturb import apply_perturbations
+from mbmpo.tasks.perturb import Randomizer, apply_perturbations, parse_ranges
 from mbmpo.train.checkpoint import CHECKPOINT, check_task_matches, load_checkpoint, save_checkpoint
 from mbmpo.train.init import load_init
 from mbmpo.train.logger import RunLogger
@@ -61,6 +61,7 @@ class Stream(enum.IntEnum):
     META = 4  # imagined start states and action noise
     EXPLORATION_RESETS = 100  # + episode index: reset states of the real exploration episodes
     EVALUATION_RESETS = 10_000  # + episode index: reset states of the evaluation episodes
+    RANDOMIZE = 20_000  # + episode index: the physics drawn for an exploration episode (collect.randomize)
 
 
 def _seed(seed: int, iteration: int, stream: int) -> int:
@@ -104,6 +105,8 @@ class Trainer:
         self.perturb = dict(perturb or {})  # the "real" robot's physics scales (emulating a reality gap)
         for env in [*self.envs, self.eval_env]:
             apply_perturbations(env, self.perturb)
+        ranges = parse_ranges(cfg.collect.randomize)  # the exploration robots only: evaluation stays nominal
+        self.randomizers = [Randomizer(env, ranges) for env in self.envs] if ranges else []
         self.wall_offset = 0.0
         self._start = time.perf_counter()
         self.ckpt_steps: int | None = None
@@ -161,12 +164,20 @@ class Trainer:
     # ---- phases ------------------------------------------------------------------------------------
     def collect(self, iteration: int) -> list:
         """Random episodes first, then episodes of every adapted policy (tailored exploration)."""
+        def draw(env_index: int, episode: int) -> None:
+            if self.randomizers:
+                rng = np.random.default_rng(_seed(self.seed, iteration, Stream.RANDOMIZE + episode))
+                self.randomizers[env_index].draw(rng)
+
         if self.state.adapted is None:
             return random_episodes(self.task, self.envs[0], self.cfg.collect.initial_random_steps,
-                                   self.real_horizon, _seed(self.seed, iteration, Stream.RANDOM_ACTIONS))
+                                   self.real_horizon, _seed(self.seed, iteration, Stream.RANDOM_ACTIONS),
+                                   before_episode=lambda i: draw(0, i))
         gen = torch.Generator().manual_seed(_seed(self.seed, iteration, Stream.EXPLORATION_NOISE))
         episodes = []
         for r in range(self.cfg.collect.rollouts_per_task):
+            for j in range(self.n_tasks):
+                draw(j, r * self.n_tasks + j)
             seeds = [_seed(self.seed, iteration, Stream.EXPLORATION_RESETS + r * self.n_tasks + j) for j in range(self.n_tasks)]
             episodes += run_episodes(self.task, self.envs, self.state.adapted, seeds, self.real_horizon,
                                      generator=gen)
