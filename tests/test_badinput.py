@@ -238,3 +238,28 @@ def test_policy_node_refuses_each_bad_joint_state_counts_it_and_keeps_acting(pen
     assert "state rejected" in log and "Traceback" not in log
     print(f"\nRELIABILITY bad-joint-states: {len(bad) + 1} bad states refused and counted, {len(cmds)} commands, "
           f"all finite and within limits")
+
+
+def test_episodes_of_different_robots_are_told_apart_by_the_validator_and_the_intake(tmp_path: Path) -> None:
+    """A fleet: two robots may use the same episode id; their transitions never mix."""
+    from mbmpo.deploy.intake import Intake
+    from mbmpo.deploy.transitions import TransitionRecord, TransitionValidator, assemble_episodes
+
+    def rec(robot: str, step: int, start: float, done: bool = False) -> TransitionRecord:
+        o = np.full(2, start + step, np.float32)
+        return TransitionRecord(7, step, "meta", o, np.zeros(1, np.float32), 1.0, o + 1, False, done,
+                                1000 + step, robot)
+
+    v = TransitionValidator(2, 1)
+    records = [rec(r, s, start, s == 2) for s in range(3) for r, start in (("a", 0.0), ("b", 50.0))]
+    assert [v.check(r) for r in records] == [None] * 6 and v.missing == 0
+    episodes = assemble_episodes(records)
+    assert sorted(float(e.obs[0, 0]) for e in episodes) == [0.0, 50.0] and all(len(e.act) == 3 for e in episodes)
+    intake = Intake(tmp_path / "intake.json", 0)
+    intake.add("s1", records[:4])  # robot a's episode 7 and robot b's are both still open
+    assert intake.take() is None
+    intake.add("s2", records[4:])
+    taken = intake.take()
+    assert taken is not None and len(taken) == 6
+    intake.commit(taken, 6)
+    assert Intake(tmp_path / "intake.json", 6).known("s2")

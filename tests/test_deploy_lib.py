@@ -236,3 +236,27 @@ def test_the_deploy_summary_shows_the_return_before_and_after_adaptation(tmp_pat
     text = deploy_summary(report)
     assert "9 episodes" in text and "return before adaptation 88.2 (mean of 4), after none yet" in text
     assert "no policy node report" in deploy_summary(tmp_path / "missing.json")
+
+
+def test_a_fleet_graph_has_a_sim_and_a_policy_node_per_robot_and_one_data_node_and_trainer() -> None:
+    specs = train_graph({"sim": "mujoco", "robots": "3", "seed": "5", "perturb": "mass=1.2||mass=0.8", "out": "o"})
+    assert [s.key for s in specs] == ["robot_0/sim_node", "robot_0/policy_node", "robot_1/sim_node",
+                                      "robot_1/policy_node", "robot_2/sim_node", "robot_2/policy_node",
+                                      "data_node", "trainer_node"]
+    policies = [s for s in specs if s.name == "policy_node"]
+    assert [p.parameters["robot"] for p in policies] == ["robot_0", "robot_1", "robot_2"]
+    assert [p.parameters["explore_offset"] for p in policies] == [0, 1, 2]  # the K policies spread over robots
+    assert len({p.parameters["seed"] for p in policies}) == 3
+    assert [s.parameters["perturb"] for s in specs if s.name == "sim_node"] == ["mass=1.2", "", "mass=0.8"]
+    assert ("transitions", "/transitions") in policies[0].remappings  # one data node records the fleet
+    assert policies[2].parameters["report"] == "o/reports/robot_2/policy_node.json"
+    cmd = node_command(policies[1], Path("p.yaml"))
+    assert "__ns:=/robot_1" in cmd and "__node:=policy_node" in cmd
+    real = train_graph({"sim": "none", "robots": "arm_a,arm_b"})
+    assert [s.key for s in real][:2] == ["arm_a/policy_node", "arm_b/policy_node"]
+    one = train_graph({"sim": "mujoco"})
+    assert [s.key for s in one] == ["sim_node", "policy_node", "data_node", "trainer_node"]  # no namespace
+    for bad, said in [({"robots": "0"}, "at least one robot"), ({"robots": "a,a"}, "distinct ROS names"),
+                      ({"robots": "2", "perturb": "mass=1|mass=2|mass=3"}, "3 robots' perturbations for 2")]:
+        with pytest.raises(ValueError, match=said):
+            train_graph(bad)

@@ -56,6 +56,28 @@ def test_train_graph_learns_inverted_pendulum_and_records_every_transition(tmp_p
     assert all(0 < float(it_s) <= float(data_s) < 500 for _, _, data_s, it_s in bundles), bundles
 
 
+@pytest.mark.slow
+def test_a_fleet_of_three_simulated_robots_trains_one_policy(tmp_path: Path) -> None:
+    """robots:=3: three sims and three policy nodes in namespaces robot_0..2, one data node, one trainer."""
+    out = tmp_path / "run"
+    r = _bringup(["train", "sim:=mujoco", "robots:=3", "task:=InvertedPendulum-v5", f"out:={out}", "steps:=100000",
+                  "target_return:=190", "duration:=500"], next_domain(), timeout=600)
+    assert "trainer finished (0)" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
+    assert read_progress(out)[-1].return_pre >= 190.0
+    recorded = _final_counts(out, "data_node")
+    robots = [f"robot_{i}" for i in range(3)]
+    in_bag: dict[str, int] = {}
+    for _, m in read_messages(out / "bag"):
+        in_bag[m.robot] = in_bag.get(m.robot, 0) + 1
+    assert set(in_bag) == set(robots) and all(n > 200 for n in in_bag.values()), in_bag
+    assert recorded["robots"] == in_bag and recorded["rejected"] == {}, recorded
+    final = json.loads((out / "policy" / "manifest.json").read_text())["policy_version"]
+    for robot in robots:
+        counts = read_report(out / "reports" / robot / "policy_node.json")
+        assert counts["policy_version"] == final and counts["transitions"] == in_bag[robot], (robot, counts)
+        assert f"{robot}: " in r.stdout  # the bringup summary has a line per robot
+
+
 def test_a_foreign_robot_driver_drives_the_stack_with_sim_none(tmp_path: Path) -> None:
     domain = next_domain()
     env = {**os.environ, "ROS_DOMAIN_ID": str(domain), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",

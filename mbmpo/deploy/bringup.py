@@ -43,6 +43,8 @@ def node_command(spec: NodeSpec, params_file: Path) -> list[str]:
     """The process that runs one node, as `ros2 run` would, with parameters and remappings."""
     cmd = [sys.executable, "-m", spec.module, "--ros-args", "-r", f"__node:={spec.name}",
            "--params-file", str(params_file)]
+    if spec.namespace:
+        cmd += ["-r", f"__ns:=/{spec.namespace}"]
     for src, dst in spec.remappings:
         cmd += ["-r", f"{src}:={dst}"]
     return cmd
@@ -51,7 +53,8 @@ def node_command(spec: NodeSpec, params_file: Path) -> list[str]:
 def write_params(specs: list[NodeSpec], folder: Path) -> Path:
     """One `node_name: ros__parameters: {...}` YAML for the whole graph."""
     path = folder / "params.yaml"
-    path.write_text(yaml.safe_dump({s.name: {"ros__parameters": s.parameters} for s in specs}, sort_keys=False))
+    path.write_text(yaml.safe_dump({s.fully_qualified_name: {"ros__parameters": s.parameters} for s in specs},
+                                   sort_keys=False))
     return path
 
 
@@ -61,8 +64,8 @@ ROBOT_SIDE = ("sim_node", "policy_node")
 def stop(procs: dict[str, subprocess.Popen], grace: float = 10.0, drain: float = 1.5) -> None:
     """Stop the robot side first, let the data node receive what is in flight, then stop the rest:
     every transition the policy node published reaches the bag."""
-    first = {n: p for n, p in procs.items() if n in ROBOT_SIDE}
-    rest = {n: p for n, p in procs.items() if n not in ROBOT_SIDE}
+    first = {n: p for n, p in procs.items() if n.split("/")[-1] in ROBOT_SIDE}
+    rest = {n: p for n, p in procs.items() if n not in first}
     for group in (first, rest):
         for p in group.values():
             if p.poll() is None:
@@ -95,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     env.setdefault("PYTHONUNBUFFERED", "1")
     folder = Path(tempfile.mkdtemp(prefix="mbmpo_bringup_"))
     params = write_params(specs, folder)
-    procs = {s.name: subprocess.Popen(node_command(s, params), env=env) for s in specs}
+    procs = {s.key: subprocess.Popen(node_command(s, params), env=env) for s in specs}
     print(f"mbmpo-bringup: {graph} graph with {', '.join(procs)}", flush=True)
     if args.get("reset") == "operator":
         start_operator_key(env)
@@ -107,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             if duration and time.monotonic() - start >= duration:
                 print(f"mbmpo-bringup: duration {duration:g} s reached", flush=True)
                 break
-            ended = [s.name for s in specs if s.ends_graph and procs[s.name].poll() is not None]
+            ended = [s.key for s in specs if s.ends_graph and procs[s.key].poll() is not None]
             if ended:  # the trainer: training is done, so is the graph (the launch files do the same)
                 code = procs[ended[0]].returncode
                 print(f"mbmpo-bringup: {ended[0].removesuffix('_node')} finished ({code})", flush=True)
@@ -169,6 +172,7 @@ def summary(out: Path) -> str:
                          f"{robot.robot_episodes}, iteration {robot.iteration})")
         lines.append(f"  MuJoCo evaluation: return before adaptation {last.return_pre:.1f}, after "
                      f"{last.return_post:.1f}")
+    lines += fleet_lines(out / "reports")
     bag = out / "bag" / "metadata.yaml"
     if bag.is_file():
         info = yaml.safe_load(bag.read_text())["rosbag2_bagfile_information"]
@@ -177,6 +181,28 @@ def summary(out: Path) -> str:
         if (out / name).exists():
             lines.append(f"  {out / name}")
     return "\n".join(lines)
+
+
+def fleet_lines(reports: Path) -> list[str]:
+    """Per robot of a fleet (reports/<robot>/policy_node.json): episodes, transitions sent and recorded, and
+    the bundle it ended on."""
+    files = sorted(reports.glob("*/policy_node.json"))
+    if not files:
+        return []
+    try:
+        recorded = json.loads((reports / "data_node.json").read_text()).get("robots", {})
+    except (OSError, ValueError):
+        recorded = {}
+    lines = []
+    for file in files:
+        try:
+            r = json.loads(file.read_text())
+        except (OSError, ValueError) as err:
+            lines.append(f"  {file.parent.name}: no report ({err})")
+            continue
+        lines.append(f"  {file.parent.name}: {r.get('episodes')} episodes, {r.get('transitions')} transitions sent, "
+                     f"{recorded.get(file.parent.name, 0)} recorded, on policy {r.get('policy_version')}")
+    return lines
 
 
 def deploy_summary(report: Path) -> str:

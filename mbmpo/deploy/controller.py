@@ -69,6 +69,8 @@ class ControllerSettings:
     reset: str = "service"  # service | home | operator | none (mbmpo.deploy.reset)
     home: str = ""  # reset home: 'joint=position,...' ('' takes the bundle's, from the task YAML)
     seed: int = 0  # action noise
+    robot: str = ""  # which robot of a fleet: stamped on every transition ("" for one robot)
+    explore_offset: int = 0  # explore: the first of the K adapted policies (robot i of a fleet starts at i)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -79,6 +81,8 @@ class ControllerSettings:
             raise ValueError(f"reset '{self.reset}' is not one of {', '.join(RESET_MODES)}")
         if self.home and self.reset != "home":
             raise ValueError(f"home is given but reset is '{self.reset}', not home")
+        if self.explore_offset < 0:
+            raise ValueError(f"explore_offset must be >= 0, got {self.explore_offset}")
         if self.adapt_episodes < 1 or self.horizon < 0 or self.control_period < 0 or self.adapt_max_kl < 0:
             raise ValueError("adapt_episodes must be >= 1 and horizon, control_period, adapt_max_kl >= 0")
         if not self.watchdog_periods > 0:
@@ -201,7 +205,7 @@ class Controller:
         if self.settings.reset == "home":
             self.resets.home = home_spec(self.settings.home, m)
         self.base = meta
-        self.explore_index = 0
+        self.explore_index = self.settings.explore_offset
         self.fresh, self.fresh_episodes = [], 0
         first = self.policy is None
         self.pending = self.next_policy()
@@ -398,7 +402,7 @@ class Controller:
             if bundle.termination_fn else False
         truncated = not terminated and self.step + 1 >= self.horizon
         record = TransitionRecord(self.episode_id, self.piece_step, self.policy.name, prev_obs, prev_act, reward, obs,
-                                  terminated, truncated, self.clock_ns())
+                                  terminated, truncated, self.clock_ns(), self.settings.robot)
         self.counts["transitions"] += 1
         self.step += 1
         self.piece_step += 1
@@ -476,7 +480,7 @@ class Controller:
     def status(self) -> dict[str, Any]:
         lat = np.asarray(self.latencies[-2000:]) * 1e3
         return {
-            "mode": self.settings.mode, "state": self.state_mode.value,
+            "robot": self.settings.robot, "mode": self.settings.mode, "state": self.state_mode.value,
             "policy": None if self.policy is None else self.policy.name,
             "policy_version": None if self.base is None else self.base.manifest["policy_version"],
             "episode": self.episode_id, "watchdog_trips": self.watchdog.trips,

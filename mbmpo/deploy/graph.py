@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +25,9 @@ TRAIN_ARGUMENTS: dict[str, tuple[str, str]] = {
     "keep_init_data": ("false", "with init: also train on that run's transitions (true | false)"),
     "sim_mode": ("lockstep", "sim timing: lockstep (steps on each command), realtime, or fast"),
     "speedup": ("1.0", "sim_mode fast: simulated seconds per wall second"),
-    "perturb": ("", "sim physics scales, e.g. mass=1.3,friction=0.6"),
+    "perturb": ("", "sim physics scales, e.g. mass=1.3,friction=0.6; per robot of a fleet: 'mass=1.2|mass=0.9|'"),
+    "robots": ("1", "a fleet: N robots (sim:=mujoco: N sims, namespaces robot_0..) or the namespaces of real "
+                    "robots' drivers, e.g. arm_a,arm_b; each robot gets its own policy node in its namespace"),
     "joint_states": ("joint_states", "topic of the robot's sensor_msgs/JointState"),
     "commands": ("commands", "topic of the std_msgs/Float64MultiArray commands"),
     "reset_service": ("sim_node/reset", "std_srvs/Trigger that resets the robot between episodes"),
@@ -61,10 +64,20 @@ class NodeSpec:
     parameters: dict[str, Any] = field(default_factory=dict)
     remappings: tuple[tuple[str, str], ...] = ()
     ends_graph: bool = False  # its exit shuts the whole graph down (the trainer, when training is done)
+    namespace: str = ""  # a robot of a fleet: its nodes and relative topics live under /<namespace>
 
     @property
     def module(self) -> str:
         return f"mbmpo_ros.{self.executable}"
+
+    @property
+    def key(self) -> str:
+        """Unique within a graph: `robot_0/policy_node`, or the name alone outside a namespace."""
+        return f"{self.namespace}/{self.name}" if self.namespace else self.name
+
+    @property
+    def fully_qualified_name(self) -> str:
+        return f"/{self.key}"
 
 
 def _with_defaults(args: dict[str, str], table: dict[str, tuple[str, str]]) -> dict[str, str]:
@@ -92,27 +105,62 @@ def _flag(a: dict[str, str], name: str) -> bool:
     return value == "true"
 
 
-def _sim(a: dict[str, str]) -> list[NodeSpec]:
+def _robots(a: dict[str, str]) -> list[str]:
+    """The fleet's namespaces: [''] for one robot, robot_0.. for robots:=N, or the names listed."""
+    value = a.get("robots", "1").strip()
+    if value.isdigit():
+        n = int(value)
+        if n < 1:
+            raise ValueError(f"robots:={value}: need at least one robot")
+        return [""] if n == 1 else [f"robot_{i}" for i in range(n)]
+    names = [v.strip() for v in value.split(",")]
+    bad = [n for n in names if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", n)]
+    if bad or len(set(names)) != len(names):
+        raise ValueError(f"robots:={value}: expected a count or distinct ROS names (letters, digits, _), got {bad or names}")
+    return names
+
+
+def _perturb(a: dict[str, str], robots: int) -> list[str]:
+    """Each robot's perturb: one for all, or one per robot separated by '|'."""
+    parts = a["perturb"].split("|")
+    if len(parts) == 1:
+        return parts * robots
+    if len(parts) != robots:
+        raise ValueError(f"perturb:={a['perturb']} gives {len(parts)} robots' perturbations for {robots} robots")
+    return parts
+
+
+def _sim(a: dict[str, str], namespace: str = "", index: int = 0, perturb: str | None = None) -> list[NodeSpec]:
     if a["sim"] == "none":
         return []
     if a["sim"] != "mujoco":
         raise ValueError(f"sim:={a['sim']} is not one of mujoco, none")
     return [NodeSpec("sim_node", "sim_node",
                      {"task": a["task"], "mode": a["sim_mode"], "speedup": float(a.get("speedup", "1.0")),
-                      "perturb": a["perturb"]}, _robot_io(a))]
+                      "perturb": a["perturb"] if perturb is None else perturb, "seed": int(a.get("seed", "0")) + index},
+                     _robot_io(a), namespace=namespace)]
 
 
 def train_graph(args: dict[str, str]) -> list[NodeSpec]:
-    """sim (optional) + policy (explore) + data + trainer."""
+    """Per robot: sim (optional) + policy node (explore); then one data node and one trainer for the fleet."""
     a = _with_defaults(args, TRAIN_ARGUMENTS)
     out = a["out"]
     lockstep = a["sim"] == "mujoco" and a["sim_mode"] == "lockstep"
-    return _sim(a) + [
-        NodeSpec("policy_node", "policy_node",
-                 {"mode": "explore", "bundle": "", "task": a["task"], "lockstep": lockstep, **_reset(a),
-                  "wait_for_recorder": True,
-                  "report": f"{out}/reports/policy_node.json"},
-                 _robot_io(a)),
+    robots = _robots(a)
+    perturbs = _perturb(a, len(robots))
+    # one data node for the fleet: one bag, one validator, one intake for the trainer (its recording rate,
+    # BENCHMARKS.md, bounds the fleet's total); the policy nodes publish to the global topics
+    to_fleet = (("transitions", "/transitions"), ("policy_bundle", "/policy_bundle")) if len(robots) > 1 else ()
+    nodes: list[NodeSpec] = []
+    for i, robot in enumerate(robots):
+        report = f"{out}/reports/{robot}/policy_node.json" if robot else f"{out}/reports/policy_node.json"
+        nodes += _sim(a, robot, i, perturbs[i]) + [NodeSpec(
+            "policy_node", "policy_node",
+            {"mode": "explore", "bundle": "", "task": a["task"], "lockstep": lockstep, **_reset(a),
+             "wait_for_recorder": True, "report": report, "robot": robot, "explore_offset": i,
+             "seed": int(a["seed"]) + i},
+            _robot_io(a) + to_fleet, namespace=robot)]
+    return nodes + [
         NodeSpec("data_node", "data_node", {"task": a["task"], "bag_dir": f"{out}/bag",
                                             "report": f"{out}/reports/data_node.json"}),
         NodeSpec("trainer_node", "trainer_node",

@@ -26,15 +26,15 @@ class Intake:
         """`saved_steps`: transitions in the trainer's saved data (decides which state version holds)."""
         self.path = Path(state_file)
         self.consumed: list[str] = []  # segments all of whose transitions are in the trainer's data
-        self.taken: set[int] = set()  # episodes in the trainer's data, of segments not yet consumed
+        self.taken: set[tuple[str, int]] = set()  # episodes (robot, id) in the trainer's data, of open segments
         self.records: list[tuple[str, TransitionRecord]] = []  # (segment, transition) not yet taken
-        self.open_segments: dict[str, set[int]] = {}  # segment read, not consumed -> its episode ids
+        self.open_segments: dict[str, set[tuple[str, int]]] = {}  # segment read, not consumed -> its episodes
         if self.path.is_file():
             state = json.loads(self.path.read_text())
             if saved_steps < state["saved_steps"]:  # killed before the data was saved: the old version
                 state = state["previous"]
             self.consumed = list(state["segments"])
-            self.taken = {int(e) for e in state["episodes"]}
+            self.taken = {_episode_key(e) for e in state["episodes"]}
 
     def known(self, segment: str) -> bool:
         return segment in self.open_segments or segment in self.consumed
@@ -43,8 +43,8 @@ class Intake:
         """Transitions of a newly read segment (episodes already trained on are skipped); returns how many."""
         if self.known(segment):
             return 0
-        fresh = [r for r in records if r.episode_id not in self.taken]
-        self.open_segments[segment] = {r.episode_id for r in fresh}
+        fresh = [r for r in records if r.key not in self.taken]
+        self.open_segments[segment] = {r.key for r in fresh}
         self.records += [(segment, r) for r in fresh]
         return len(fresh)
 
@@ -56,18 +56,20 @@ class Intake:
         least `min_transitions` of them in at least `min_episodes` episodes; None otherwise."""
         if not self.records:
             return None
-        latest = max(r.episode_id for _, r in self.records)
-        done = {r.episode_id for _, r in self.records if r.terminated or r.truncated or r.episode_id < latest}
-        ready = [r for _, r in self.records if r.episode_id in done]
+        latest: dict[str, int] = {}  # per robot: its newest episode may still be running
+        for _, r in self.records:
+            latest[r.robot] = max(latest.get(r.robot, r.episode_id), r.episode_id)
+        done = {r.key for _, r in self.records if r.terminated or r.truncated or r.episode_id < latest[r.robot]}
+        ready = [r for _, r in self.records if r.key in done]
         if not ready or len(ready) < min_transitions or len(done) < min_episodes:
             return None
-        self.records = [(s, r) for s, r in self.records if r.episode_id not in done]
+        self.records = [(s, r) for s, r in self.records if r.key not in done]
         return ready
 
     def commit(self, taken: list[TransitionRecord], saved_steps_after: int) -> None:
         """Record `taken` as used, atomically, before the trainer saves data of `saved_steps_after` steps."""
         previous = self._state(0)
-        self.taken |= {r.episode_id for r in taken}
+        self.taken |= {r.key for r in taken}
         for segment, episodes in list(self.open_segments.items()):
             if episodes <= self.taken:
                 self.consumed.append(segment)
@@ -84,4 +86,10 @@ class Intake:
         tmp.replace(self.path)
 
     def _state(self, saved_steps: int) -> dict[str, Any]:
-        return {"saved_steps": saved_steps, "segments": sorted(self.consumed), "episodes": sorted(self.taken)}
+        return {"saved_steps": saved_steps, "segments": sorted(self.consumed),
+                "episodes": [[robot, e] for robot, e in sorted(self.taken)]}
+
+
+def _episode_key(saved: Any) -> tuple[str, int]:
+    """An episode as intake.json holds it: [robot, id] (or a bare id, written before fleets)."""
+    return (str(saved[0]), int(saved[1])) if isinstance(saved, list) else ("", int(saved))

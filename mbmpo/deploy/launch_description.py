@@ -28,8 +28,9 @@ def launch_description(graph: str) -> Any:
         # node's acknowledgements and the data node drains and flushes after that (mbmpo-bringup: 10 s a group)
         actions: list = []
         for s in build(args):
+            where = {"namespace": s.namespace} if s.namespace else {}  # a robot of a fleet
             node = Node(package="mbmpo_ros", executable=s.executable, name=s.name, parameters=[s.parameters],
-                        remappings=list(s.remappings), output="screen", sigterm_timeout=SIGTERM_AFTER)
+                        remappings=list(s.remappings), output="screen", sigterm_timeout=SIGTERM_AFTER, **where)
             actions.append(node)
             if s.ends_graph:  # the trainer's exit (training done) shuts the graph down, as mbmpo-bringup does
                 actions.append(RegisterEventHandler(OnProcessExit(

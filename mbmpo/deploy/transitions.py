@@ -24,6 +24,12 @@ class TransitionRecord:
     terminated: bool
     truncated: bool
     stamp_ns: int
+    robot: str = ""  # which robot of a fleet ("" for one)
+
+    @property
+    def key(self) -> tuple[str, int]:
+        """The episode it belongs to: (robot, episode id)."""
+        return self.robot, self.episode_id
 
     @classmethod
     def from_msg(cls, msg: object) -> TransitionRecord:
@@ -33,7 +39,8 @@ class TransitionRecord:
                    np.asarray(msg.obs, np.float32), np.asarray(msg.action, np.float32),  # type: ignore[attr-defined]
                    float(msg.reward), np.asarray(msg.next_obs, np.float32),  # type: ignore[attr-defined]
                    bool(msg.terminated), bool(msg.truncated),  # type: ignore[attr-defined]
-                   int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec))
+                   int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec),
+                   str(getattr(msg, "robot", "")))
 
 
 class TransitionValidator:
@@ -44,7 +51,7 @@ class TransitionValidator:
 
     def __init__(self, obs_dim: int, act_dim: int, max_abs: float = 1e6):
         self.obs_dim, self.act_dim, self.max_abs = obs_dim, act_dim, max_abs
-        self.last: dict[int, tuple[int, int, np.ndarray]] = {}  # episode -> (step, stamp, next_obs)
+        self.last: dict[tuple[str, int], tuple[int, int, np.ndarray]] = {}  # episode -> (step, stamp, next_obs)
         self.rejected: dict[str, int] = {}
         self.missing = 0  # steps skipped within an episode (lost upstream), among the accepted transitions
 
@@ -52,9 +59,9 @@ class TransitionValidator:
         """None if valid (and remembered), else the reason (also counted in `rejected`)."""
         reason = self._reason(t)
         if reason is None:
-            previous = self.last.get(t.episode_id)
+            previous = self.last.get(t.key)
             self.missing += t.step - (previous[0] + 1 if previous else 0)
-            self.last[t.episode_id] = (t.step, t.stamp_ns, t.next_obs)
+            self.last[t.key] = (t.step, t.stamp_ns, t.next_obs)
             if len(self.last) > 10_000:  # bounded memory over long runs
                 self.last.pop(next(iter(self.last)))
         else:
@@ -72,7 +79,7 @@ class TransitionValidator:
             return "non-finite: NaN or Inf in obs, action, next_obs or reward"
         if np.abs(values).max() > self.max_abs:
             return f"magnitude: |value| {np.abs(values).max():.3g} exceeds {self.max_abs:g}"
-        previous = self.last.get(t.episode_id)
+        previous = self.last.get(t.key)
         if previous is not None:
             if t.step <= previous[0]:
                 return f"order: step {t.step} of episode {t.episode_id} after step {previous[0]}"
@@ -86,10 +93,10 @@ class TransitionValidator:
 
 
 def assemble_episodes(records: Iterable[TransitionRecord]) -> list[Episode]:
-    """Group transitions into episodes (by id, in step order); a gap in steps starts a new piece."""
-    by_episode: dict[int, list[TransitionRecord]] = {}
+    """Group transitions into episodes (by robot and id, in step order); a gap in steps starts a new piece."""
+    by_episode: dict[tuple[str, int], list[TransitionRecord]] = {}
     for r in records:
-        by_episode.setdefault(r.episode_id, []).append(r)
+        by_episode.setdefault(r.key, []).append(r)
     episodes: list[Episode] = []
     for recs in by_episode.values():
         recs.sort(key=lambda r: r.step)

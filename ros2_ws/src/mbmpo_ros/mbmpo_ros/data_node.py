@@ -51,6 +51,7 @@ class DataNode(Node):
         self.validator = TransitionValidator(obs_dim, act_dim)
         self.bag_dir = bag_dir
         self.accepted = 0
+        self.by_robot: dict[str, int] = {}  # accepted transitions per robot of a fleet ("" for one robot)
         self.lost = 0  # accepted but never made durable: the open segment at a write failure, and after it
         self.failed: str | None = None
         self.seg_pub = self.create_publisher(String, "~/segments", QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
@@ -69,6 +70,7 @@ class DataNode(Node):
             self.get_logger().warning(f"transition rejected ({reason})", throttle_duration_sec=1.0)
             return
         self.accepted += 1
+        self.by_robot[record.robot] = self.by_robot.get(record.robot, 0) + 1
         if self.failed:
             self.lost += 1
             return
@@ -104,7 +106,8 @@ class DataNode(Node):
         status = {"accepted": self.accepted, "durable": self.writer.message_count,
                   "pending": 0 if self.failed else self.writer.pending,
                   "rejected": dict(self.validator.rejected), "segments": len(self.writer.segments),
-                  "lost": self.lost, "missing_steps": self.validator.missing, "error": self.failed}
+                  "lost": self.lost, "missing_steps": self.validator.missing, "error": self.failed,
+                  "robots": dict(self.by_robot)}
         self.status_pub.publish(String(data=json.dumps(status)))
 
     def close(self) -> None:
@@ -128,7 +131,8 @@ class DataNode(Node):
                 print(f"data_node: segment notice not sent ({type(err).__name__}: {err})", file=sys.stderr)
         write_report("data_node", {"accepted": self.accepted, "durable": self.writer.message_count,
                                    "rejected": dict(self.validator.rejected), "lost": self.lost,
-                                   "missing_steps": self.validator.missing, "error": self.failed}, self.report)
+                                   "missing_steps": self.validator.missing, "error": self.failed,
+                                   "robots": dict(self.by_robot)}, self.report)
 
 
 def main() -> None:

@@ -60,7 +60,11 @@ class PolicyNode(Node):
             control_period=declare(self, "control_period", 0.0, "seconds; 0 takes the bundle's"),
             watchdog_periods=declare(self, "watchdog_periods", 2.0, "states older than this many control periods "
                                      "are stale; the safe command follows within a quarter period"),
-            seed=declare(self, "seed", 0, "action noise seed"))
+            seed=declare(self, "seed", 0, "action noise seed"),
+            robot=declare(self, "robot", "", "this robot's name in a fleet, stamped on its transitions ('' = one "
+                          "robot)"),
+            explore_offset=declare(self, "explore_offset", 0, "explore: the first of the K adapted policies "
+                                   "(spreads them over a fleet)"))
         bundle = declare(self, "bundle", "", "bundle folder to start with ('' waits for the trainer)")
         self.executor_kind = declare(self, "executor", "single", "single | multi (rclpy executor; single keeps "
                                      "the control period far better, BENCHMARKS.md)")
@@ -229,7 +233,7 @@ class PolicyNode(Node):
         msg.stamp.sec, msg.stamp.nanosec = divmod(t.stamp_ns, 1_000_000_000)
         msg.episode_id, msg.step, msg.policy_id = t.episode_id, t.step, t.policy_id
         msg.obs, msg.action, msg.next_obs = t.obs.tolist(), t.action.tolist(), t.next_obs.tolist()
-        msg.reward, msg.terminated, msg.truncated = t.reward, t.terminated, t.truncated
+        msg.reward, msg.terminated, msg.truncated, msg.robot = t.reward, t.terminated, t.truncated, t.robot
         self.tr_pub.publish(msg)
 
     def publish_command(self, action: object) -> None:
