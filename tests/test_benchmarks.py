@@ -42,3 +42,21 @@ def test_sim_to_real_reports_every_perturbation_before_and_after_one_step(pendul
     assert json.loads((tmp_path / "s2r.json").read_text()) == rows
     for r in rows:  # returns are finite; a refused step counts (the meta-policy's return stands)
         assert all(0 < x <= 1000 for x in r["pre"] + r["post"]) and r["refused"] in (0, 1), r
+
+
+def test_finetune_runs_init_and_scratch_on_the_shifted_robot(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from finetune import main, steps_to
+    from mbmpo.cli import main as cli
+    from mbmpo.train.progress import read_progress
+
+    sim = tmp_path / "sim"
+    tiny = Path(__file__).resolve().parent / "configs" / "tiny.yaml"
+    assert cli(["train", "--task", "InvertedPendulum-v5", "--steps", "100", "--out", str(sim), "--config", str(tiny),
+                "--no-progress"]) == 0
+    main(["--sim-run", str(sim), "--task", "InvertedPendulum-v5", "--perturb", "mass=1.3", "--steps", "60",
+          "--scratch-steps", "60", "--out", str(tmp_path / "ft")])
+    text = capsys.readouterr().out
+    assert "the sim policy as it is on the shifted robot" in text and "| fine-tune (--init) |" in text
+    assert read_progress(tmp_path / "ft" / "init")[0].return_collect is not None  # explored with sim's policies
+    assert read_progress(tmp_path / "ft" / "scratch")[0].return_collect is None  # random actions first
+    assert steps_to(read_progress(sim), -1.0) == read_progress(sim)[0].real_steps
