@@ -189,7 +189,7 @@ def test_settings_refuse_bad_values() -> None:
 def test_a_driver_slower_than_the_control_rate_is_named_once_and_empty_ticks_are_counted(
         pendulum_bundle: Path) -> None:
     said: list[str] = []
-    c = Controller(ControllerSettings(mode="deploy", control_period=0.02), Worker(),
+    c = Controller(ControllerSettings(mode="deploy", control_period=0.02, reset="none"), Worker(),
                    log=lambda level, message: said.append(message))
     c.start_with(pendulum_bundle)
     now, stamp = 100.0, 0

@@ -148,6 +148,25 @@ def test_reset_none_continues_each_episode_from_where_the_last_ended(pendulum_bu
     starts = [r for r in records if r.step == 0][1:]
     assert all(np.array_equal(e.next_obs, s.obs) for e, s in zip(ends, starts))  # continuing, not reset
     assert sum("reset none" in m for m in said) == 1  # said once
+    one_step = Controller(ControllerSettings(mode="explore", horizon=1, reset="none"), Worker(),
+                          log=lambda level, message: said.append(message))
+    one_step.start_with(pendulum_bundle)
+    Robot(one_step).run(12)  # a robot that stays in a terminal state ends every episode at once
+    assert sum("ended after one step" in m for m in said) == 1
+
+
+def test_states_sent_while_a_robot_resets_do_not_count_in_its_streaming_rate() -> None:
+    from mbmpo.deploy.rate import RateMonitor
+
+    rate, t = RateMonitor(window=20), 0.0
+    for _ in range(10):  # 25 Hz states, and after each 4-step episode a reset state 2 ms later
+        for _step in range(4):
+            t += 0.04
+            rate.feed(t)
+        rate.gap()
+        t += 0.002
+        rate.feed(t)  # the first state of the next chain
+    assert rate.hz == pytest.approx(25.0, rel=0.01) and rate.matches(0.04)
 
 
 def test_a_gap_inside_an_episode_starts_a_new_piece_that_the_data_node_accepts(pendulum_bundle: Path) -> None:

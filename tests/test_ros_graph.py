@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -155,11 +156,18 @@ def test_real_ros2_launch_trains_and_shuts_the_graph_down_when_the_trainer_finis
            "PYTHONWARNINGS": "ignore",
            "AMENT_PREFIX_PATH": f"{tmp_path / 'install' / 'mbmpo_ros'}:{os.environ.get('AMENT_PREFIX_PATH', sys.prefix)}",
            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    r = subprocess.run(["ros2", "launch", "mbmpo_ros", "train.launch.py", "sim:=mujoco", "task:=InvertedPendulum-v5",
-                        f"out:={out}", "steps:=20000", "target_return:=190"], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=600)
-    log = r.stdout + r.stderr
-    assert r.returncode == 0 and "shutting down launched system" in log, log[-3000:]
+    # a session of its own: on a timeout the whole launched graph is stopped, not only `ros2 launch`
+    launch = subprocess.Popen(["ros2", "launch", "mbmpo_ros", "train.launch.py", "sim:=mujoco",
+                               "task:=InvertedPendulum-v5", f"out:={out}", "steps:=20000", "target_return:=190"],
+                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              start_new_session=True)
+    try:
+        log, _ = launch.communicate(timeout=900)
+    except subprocess.TimeoutExpired:
+        os.killpg(launch.pid, signal.SIGINT)
+        log = launch.communicate(timeout=60)[0]
+        raise AssertionError(f"ros2 launch did not finish in 900 s: {log[-3000:]}") from None
+    assert launch.returncode == 0 and "shutting down launched system" in log, log[-3000:]
     assert read_progress_rows(out)[-1] >= 190.0
     counts, recorded = _final_counts(out), _final_counts(out, "data_node")
     assert counts["transitions"] == recorded["durable"] > 1000 and recorded["lost"] == 0

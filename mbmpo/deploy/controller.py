@@ -155,6 +155,7 @@ class Controller:
         # logs and reads the clock through the controller: an owner (or a test) may set `log`, `clock_ns` later
         self.resets = ResetCycle(settings.reset, settings.lockstep, self.counts,
                                  lambda level, message: self.log(level, message), lambda: self.clock_ns())
+        self.short_episodes = 0  # episodes of at most one step in a row
         self.newest: np.ndarray | None = None  # the newest accepted state (an episode may start from it)
 
     # ---- bundles ----------------------------------------------------------------------------------
@@ -275,7 +276,10 @@ class Controller:
         self.newest = obs
         self.resets.see_joints(names, positions, velocities)
         self.watchdog.feed(now)
-        self.rate.feed(now)
+        if self.resets.phase is None:
+            self.rate.feed(now)
+        else:  # a driver may publish extra states while it resets: not its streaming rate
+            self.rate.gap()
         mismatch = None if self.settings.lockstep else self.rate.mismatch(self.period)
         if mismatch:
             self.log("warning", mismatch)
@@ -414,6 +418,7 @@ class Controller:
         self.episode_obs.append(last_obs)
         self.returns.setdefault(self.policy.name, []).append(self.episode_return)
         self.counts["episodes"] += 1
+        self._check_episode_length(self.step)
         if self.episode_act:
             self.pieces.append((np.stack(self.episode_obs), np.stack(self.episode_act)))
         if self.settings.mode == "deploy" and self.policy is self.base and not self.adapting and self.pieces:
@@ -429,6 +434,14 @@ class Controller:
         self.episode_id += 1
         self.step, self.piece_step, self.episode_return, self.prev, self.pieces = 0, 0, 0.0, None, []
         self.episode_obs, self.episode_act = [], []
+
+    def _check_episode_length(self, steps: int) -> None:
+        """Said once: with reset:=none, episodes of one step in a row mean the robot stays in a terminal
+        state (e.g. a pendulum that fell) and the data says nothing; a reset mode is needed."""
+        self.short_episodes = self.short_episodes + 1 if steps <= 1 else 0
+        if self.short_episodes == 5 and self.settings.reset == "none":
+            self.log("warning", "5 episodes in a row ended after one step: with reset none the robot stays where "
+                                "it ended (a terminal state?); use reset service, home or operator")
 
     # ---- resets between episodes (mbmpo.deploy.reset_cycle) ------------------------------------------
     @property

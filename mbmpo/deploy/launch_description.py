@@ -9,7 +9,8 @@ from typing import Any
 
 from mbmpo.deploy.graph import GRAPHS
 
-SIGTERM_AFTER = "15"  # seconds from SIGINT to SIGTERM when `ros2 launch` shuts a node down
+SIGTERM_AFTER = "30"  # seconds from SIGINT to SIGTERM when `ros2 launch` shuts a node down (a trainer abandons
+# its iteration at the end of the current step: 14 s was seen for a HalfCheetah outer step on a loaded machine)
 
 
 def launch_description(graph: str) -> Any:

@@ -9,22 +9,30 @@ import numpy as np
 
 
 class RateMonitor:
-    """Median interval of the last `window` state arrivals (seconds from the caller's clock)."""
+    """Median of the last `window` intervals between consecutive state arrivals (seconds from the caller's
+    clock). `gap()` breaks the chain: the states a driver sends while it resets are not its streaming rate."""
 
     def __init__(self, window: int = 50, tolerance: float = 0.1):
-        self.arrivals: deque[float] = deque(maxlen=window + 1)
+        self.intervals: deque[float] = deque(maxlen=window)
+        self.last: float | None = None
         self.tolerance = tolerance
         self.warned = False
 
     def feed(self, now: float) -> None:
-        self.arrivals.append(now)
+        if self.last is not None:
+            self.intervals.append(now - self.last)
+        self.last = now
+
+    def gap(self) -> None:
+        """The next arrival starts a new chain (no interval is measured across a reset)."""
+        self.last = None
 
     @property
     def hz(self) -> float | None:
         """The measured state rate, once half a window of intervals is in; None before."""
-        if len(self.arrivals) < max(3, self.arrivals.maxlen // 2 if self.arrivals.maxlen else 3):
+        if len(self.intervals) < max(2, (self.intervals.maxlen or 4) // 2):
             return None
-        interval = float(np.median(np.diff(np.asarray(self.arrivals))))
+        interval = float(np.median(np.asarray(self.intervals)))
         return 1.0 / interval if interval > 0 else None
 
     def matches(self, period: float) -> bool | None:

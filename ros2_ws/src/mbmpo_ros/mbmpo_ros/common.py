@@ -42,7 +42,10 @@ def write_report(node: str, counters: dict[str, Any], path: str = "") -> None:
     """A node's final counters: printed as its last line (`<node> final {...}`) and, when `path` is given,
     written there as JSON (atomically) for scripts and tests to read."""
     text = json.dumps(counters)
-    print(f"{node} final {text}", flush=True)
+    try:
+        print(f"{node} final {text}", flush=True)
+    except (OSError, ValueError):  # the launcher that read our output is gone (closed pipe): the file still counts
+        pass
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         tmp = f"{path}.tmp"

@@ -27,6 +27,7 @@ from mbmpo_ros.common import declare, run_node, write_report
 TOPIC = "/transitions"
 MSGTYPE = "mbmpo_interfaces/msg/Transition"
 
+DRAIN_S = 10.0  # at most this long after a stop signal to take what the policy nodes still send
 
 class DataNode(Node):
     def __init__(self) -> None:
@@ -56,7 +57,7 @@ class DataNode(Node):
         self.failed: str | None = None
         self.seg_pub = self.create_publisher(String, "~/segments", QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
         self.status_pub = self.create_publisher(String, "~/status", 10)
-        self.create_subscription(Transition, "transitions", self.on_transition,
+        self.subscription = self.create_subscription(Transition, "transitions", self.on_transition,
                                  QoSProfile(depth=10_000, reliability=ReliabilityPolicy.RELIABLE))
         self.create_timer(flush_period, self.flush)
         self.create_timer(1.0, self.publish_status)
@@ -114,13 +115,18 @@ class DataNode(Node):
         """Take what is still queued, flush it to the bag, and log the final counters. The flush happens
         whatever the drain meets (a second signal, a context shut down under it): what was accepted is
         written."""
-        end, count, quiet_since = time.monotonic() + 3.0, -1, time.monotonic()
+        # `ros2 launch` signals every node at once: while a policy node is still there (waiting for the
+        # acknowledgement of its last transitions) keep taking them; stop once it is gone and the queue is quiet,
+        # or after DRAIN_S (below launch's SIGTERM escalation). Before, a 3 s drain lost the tail of the
+        # stream in 2 of 5 launch shutdowns on a loaded machine although every transition was acknowledged.
+        end, count, quiet_since = time.monotonic() + DRAIN_S, -1, time.monotonic()
+        topic = self.subscription.topic_name
         try:
             while self.executor is not None and time.monotonic() < end:  # drain the subscription queue
                 self.executor.spin_once(timeout_sec=0.05)
                 if self.accepted != count:
                     count, quiet_since = self.accepted, time.monotonic()
-                elif time.monotonic() - quiet_since > 0.3:
+                elif time.monotonic() - quiet_since > (1.0 if self.count_publishers(topic) else 0.3):
                     break
         except BaseException as err:  # noqa: BLE001 - stop draining, never skip the flush below
             print(f"data_node: draining stopped early ({type(err).__name__}: {err})", file=sys.stderr, flush=True)
