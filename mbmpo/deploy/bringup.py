@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     procs = {s.key: subprocess.Popen(node_command(s, params), env=env) for s in specs}
     print(f"mbmpo-bringup: {graph} graph with {', '.join(procs)}", flush=True)
     if args.get("reset") == "operator":
-        start_operator_key(env)
+        start_operator_key(env, [f"/{s.key}/start_episode" for s in specs if s.name == "policy_node"])
     start = time.monotonic()
     code = 0
     try:
@@ -131,8 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
-def start_operator_key(env: dict[str, str]) -> None:
-    """reset:=operator: each Enter in this terminal calls the policy node's ~/start_episode."""
+def start_operator_key(env: dict[str, str], services: list[str]) -> None:
+    """reset:=operator: each Enter in this terminal calls every policy node's ~/start_episode (a fleet's robots
+    that wait for the operator start; the others answer that nothing waits)."""
     import threading
 
     def serve() -> None:
@@ -142,17 +143,18 @@ def start_operator_key(env: dict[str, str]) -> None:
         os.environ.update(env)  # the graph's discovery settings
         rclpy.init()
         node = rclpy.create_node("mbmpo_bringup_operator")
-        client = node.create_client(Trigger, "policy_node/start_episode")
+        clients = {name: node.create_client(Trigger, name) for name in services}
         print("mbmpo-bringup: reset:=operator: put the robot at its start, then press Enter to start each episode",
               flush=True)
         for _ in sys.stdin:
-            if not client.wait_for_service(timeout_sec=5.0):
-                print("mbmpo-bringup: the policy node's start_episode service is not there", flush=True)
-                continue
-            future = client.call_async(Trigger.Request())
-            rclpy.spin_until_future_complete(node, future, timeout_sec=5.0)
-            answer = future.result()
-            print(f"mbmpo-bringup: {answer.message if answer else 'no answer'}", flush=True)
+            for name, client in clients.items():
+                if not client.wait_for_service(timeout_sec=5.0):
+                    print(f"mbmpo-bringup: {name} is not there", flush=True)
+                    continue
+                future = client.call_async(Trigger.Request())
+                rclpy.spin_until_future_complete(node, future, timeout_sec=5.0)
+                answer = future.result()
+                print(f"mbmpo-bringup: {name}: {answer.message if answer else 'no answer'}", flush=True)
 
     threading.Thread(target=serve, daemon=True, name="operator-key").start()
 
