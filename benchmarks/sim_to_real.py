@@ -1,10 +1,16 @@
 """The sim-to-real claim, in simulation: a bundle trained on nominal dynamics, deployed on perturbed
 dynamics through the torch-free runtime, before and after ONE online adaptation step from fresh episodes.
 
-    python benchmarks/sim_to_real.py --policy PDIR --task HalfCheetah-v5 [--seeds 3] [--episodes 5]
+    python benchmarks/sim_to_real.py --policy PDIR [PDIR ...] --task HalfCheetah-v5 [--seeds 5] [--episodes 5] \
+        [--record]
 
-For each perturbation and seed: mean return of the meta-policy, then of the policy adapted once from
-`--adapt-episodes` fresh episodes collected with the meta-policy (deterministic evaluation both times).
+For each perturbation, bundle (one per training seed) and evaluation seed: mean return of the meta-policy,
+then of the policy adapted once from `--adapt-episodes` fresh episodes collected with the meta-policy
+(deterministic evaluation both times). Recovery of a shift = (after - before) / (nominal - before), nominal
+being the same bundle's unshifted return before adaptation; `--record` stores the mean recovery over the
+four shifts and the bundles as `sim_to_real_recovery_<task>`, the relative change on the unshifted robot as
+`sim_to_real_nominal_change_<task>`, and, once both tasks are recorded, their means
+`sim_to_real_recovery_mean` and `sim_to_real_nominal_change`. Plot: benchmarks/plots/<task>_sim_to_real.png.
 """
 
 from __future__ import annotations
@@ -18,18 +24,22 @@ import numpy as np
 from mbmpo.tasks import get_task
 from mbmpo.train.evaluate_bundle import evaluate_bundle
 
+PLOTS = Path(__file__).resolve().parent / "plots"
+
 PERTURBATIONS = {"nominal": {}, "mass x1.3": {"mass": 1.3}, "friction x0.6": {"friction": 0.6},
                  "gear x0.8": {"gear": 0.8}, "mass x1.3 + friction x0.6": {"mass": 1.3, "friction": 0.6}}
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--policy", type=Path, required=True)
+    parser.add_argument("--policy", type=Path, nargs="+", required=True, help="bundles, one per training seed")
     parser.add_argument("--task", required=True)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--episodes", type=int, default=5)
     parser.add_argument("--adapt-episodes", type=int, default=4)
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--record", action="store_true")
+    parser.add_argument("--plot", type=Path, help="plot file (default: benchmarks/plots/<task>_sim_to_real.png)")
     args = parser.parse_args(argv)
     task = get_task(args.task)
     rows = []
@@ -37,19 +47,76 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print("|---|---|---|---|---|---|")
     for label, perturb in PERTURBATIONS.items():
         pre, post, kls, refused = [], [], [], 0
-        for seed in range(args.seeds):
-            r = evaluate_bundle(args.policy, task, args.episodes, True, perturb, args.adapt_episodes, seed=1000 * seed)
-            pre.append(r["return_pre_mean"])
-            post.append(r["return_adapted_mean"])
-            kls.append(r.get("adapt_kl", float("nan")))
-            refused += "adapt_refused" in r  # a refused step keeps the meta-policy: change 0
+        for bundle in args.policy:
+            for seed in range(args.seeds):
+                r = evaluate_bundle(bundle, task, args.episodes, True, perturb, args.adapt_episodes, seed=1000 * seed)
+                pre.append(r["return_pre_mean"])
+                post.append(r["return_adapted_mean"])
+                kls.append(r.get("adapt_kl", float("nan")))
+                refused += "adapt_refused" in r  # a refused step keeps the meta-policy: change 0
         change = np.asarray(post) - np.asarray(pre)
         print(f"| {label} | {np.mean(pre):.1f} +- {np.std(pre):.1f} | {np.mean(post):.1f} +- {np.std(post):.1f} | "
               f"{np.mean(change):+.1f} ({int((change > 0).sum())}/{len(change)} seeds up) | {np.nanmean(kls):.2e} | {refused} |")
         rows.append({"dynamics": label, "perturb": perturb, "pre": pre, "post": post, "kl": kls, "refused": refused})
+    recovery, nominal_change = recoveries(rows, len(args.policy))
+    print(f"recovery over the shifts (mean): {recovery:.3f}; change on the unshifted robot: {nominal_change:+.4f}")
     if args.out:
         args.out.write_text(json.dumps(rows, indent=2))
+    plot(args.task, rows, args.plot or PLOTS / f"{args.task}_sim_to_real.png")
+    if args.record:
+        record_figures(args.task, recovery, nominal_change, len(args.policy), args.seeds)
     return rows
+
+
+def recoveries(rows: list[dict], bundles: int) -> tuple[float, float]:
+    """(mean recovery over the shifted rows and the bundles, mean relative change on the unshifted robot).
+    Each row's `pre`/`post` hold bundles x seeds values in bundle order."""
+    nominal = next(r for r in rows if not r["perturb"])
+    per_bundle = np.asarray(nominal["pre"]).reshape(bundles, -1).mean(1)
+    values = []
+    for r in rows:
+        if not r["perturb"]:
+            continue
+        before = np.asarray(r["pre"]).reshape(bundles, -1).mean(1)
+        after = np.asarray(r["post"]).reshape(bundles, -1).mean(1)
+        values += list((after - before) / np.maximum(per_bundle - before, 1e-6))
+    pre, post = np.asarray(nominal["pre"]), np.asarray(nominal["post"])
+    return float(np.mean(values)), float(np.mean((post - pre) / np.maximum(np.abs(pre), 1e-6)))
+
+
+def plot(task: str, rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    x = np.arange(len(rows))
+    for offset, key, label in ((-0.2, "pre", "before adaptation"), (0.2, "post", "after one step")):
+        ax.bar(x + offset, [np.mean(r[key]) for r in rows], 0.4, yerr=[np.std(r[key]) for r in rows], label=label)
+    ax.set_xticks(x, [r["dynamics"] for r in rows], rotation=15)
+    ax.set_ylabel("return (deterministic, 200 steps)")
+    ax.set_title(f"{task}: online adaptation on shifted robots")
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def record_figures(task: str, recovery: float, nominal_change: float, bundles: int, seeds: int) -> None:
+    from results import RESULTS, record
+
+    what = f"{task}, {bundles} training seeds x {seeds} evaluation seeds, 4 shifts"
+    record(f"sim_to_real_recovery_{task}", recovery, f"(after - before) / (nominal - before), mean; {what}")
+    record(f"sim_to_real_nominal_change_{task}", nominal_change, f"(after - before) / before unshifted; {what}")
+    records = {r["name"]: r["value"] for r in json.loads(RESULTS.read_text())}
+    tasks = ("HalfCheetah-v5", "Hopper-v5")
+    if all(f"sim_to_real_recovery_{t}" in records for t in tasks):
+        record("sim_to_real_recovery_mean", float(np.mean([records[f"sim_to_real_recovery_{t}"] for t in tasks])),
+               "mean of sim_to_real_recovery_HalfCheetah-v5 and _Hopper-v5")
+        record("sim_to_real_nominal_change", float(np.mean([records[f"sim_to_real_nominal_change_{t}"] for t in tasks])),
+               "mean of sim_to_real_nominal_change_HalfCheetah-v5 and _Hopper-v5")
 
 
 if __name__ == "__main__":

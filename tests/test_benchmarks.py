@@ -37,7 +37,8 @@ def test_sim_to_real_reports_every_perturbation_before_and_after_one_step(pendul
     from sim_to_real import PERTURBATIONS, main
 
     rows = main(["--policy", str(pendulum_bundle), "--task", "InvertedPendulum-v5", "--seeds", "1", "--episodes", "1",
-                 "--adapt-episodes", "2", "--out", str(tmp_path / "s2r.json")])
+                 "--adapt-episodes", "2", "--out", str(tmp_path / "s2r.json"), "--plot", str(tmp_path / "s2r.png")])
+    assert (tmp_path / "s2r.png").stat().st_size > 1000
     assert [r["dynamics"] for r in rows] == list(PERTURBATIONS)
     assert json.loads((tmp_path / "s2r.json").read_text()) == rows
     for r in rows:  # returns are finite; a refused step counts (the meta-policy's return stands)
@@ -60,3 +61,14 @@ def test_finetune_runs_init_and_scratch_on_the_shifted_robot(tmp_path: Path, cap
     assert read_progress(tmp_path / "ft" / "init")[0].return_collect is not None  # explored with sim's policies
     assert read_progress(tmp_path / "ft" / "scratch")[0].return_collect is None  # random actions first
     assert steps_to(read_progress(sim), -1.0) == read_progress(sim)[0].real_steps
+
+
+def test_sim_to_real_recovery_is_the_share_of_the_loss_won_back() -> None:
+    from sim_to_real import recoveries
+
+    rows = [{"perturb": {}, "pre": [100.0, 200.0], "post": [101.0, 198.0]},  # 2 bundles x 1 seed
+            {"perturb": {"mass": 1.3}, "pre": [40.0, 100.0], "post": [70.0, 100.0]},  # recovers half, none
+            {"perturb": {"gear": 0.8}, "pre": [80.0, 150.0], "post": [80.0, 200.0]}]  # none, all
+    recovery, change = recoveries(rows, bundles=2)
+    assert recovery == pytest.approx((0.5 + 0.0 + 0.0 + 1.0) / 4)
+    assert change == pytest.approx((0.01 - 0.01) / 2)
