@@ -60,6 +60,7 @@ def run(seconds: float, bundle: Path | None = None, rate_hz: float = 1000.0, dom
                                             "flush_period": 1.0, "report": str(work / "data_node.json")},
                       log=work / "data.log")
     policy = start_node("policy_node", domain, {"bundle": str(bundle), "mode": "explore", "lockstep": True,
+                                                "reset": "none",  # the 1 kHz driver streams; it has no reset service
                                                 "report": str(work / "policy_node.json")},
                         log=work / "policy.log")
     context = Context()

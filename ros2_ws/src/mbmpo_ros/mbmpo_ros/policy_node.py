@@ -251,8 +251,11 @@ class PolicyNode(Node):
         """Wait (up to 5 s) until the data node has every transition, then report the final counters."""
         acked = self.tr_pub.wait_for_all_acked(Duration(seconds=5.0))
         c = self.controller
+        status = c.status()
         write_report("policy_node", {**c.counts, "all_acked": acked, "trigger": c.trigger,
-                                     "bundle_delivery_ms": [round(d, 1) for d in c.deliveries_ms]}, self.report)
+                                     "bundle_delivery_ms": [round(d, 1) for d in c.deliveries_ms],
+                                     **{k: status[k] for k in ("robot", "policy_version", "mean_return")},
+                                     **c.adaptation_effect()}, self.report)
         c.worker.close(timeout=1.0)
 
 
