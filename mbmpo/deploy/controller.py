@@ -284,7 +284,9 @@ class Controller:
         if mismatch:
             self.log("warning", mismatch)
         if self.settings.trigger == "auto" and not self.settings.lockstep:
-            matched = self.rate.matches(self.period)
+            # hysteresis: within 10% to start acting on states, beyond 25% to go back to the timer (a loaded
+            # machine's jitter made a 25 Hz driver flap between 22 and 28 Hz)
+            matched = self.rate.matches(self.period, 0.25 if self.event_driven else None)
             if matched is not None and matched != self.event_driven:
                 self.event_driven = matched
                 self.log("info", f"robot states at {self.rate.hz:.1f} Hz "

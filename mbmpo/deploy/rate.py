@@ -35,12 +35,13 @@ class RateMonitor:
         interval = float(np.median(np.asarray(self.intervals)))
         return 1.0 / interval if interval > 0 else None
 
-    def matches(self, period: float) -> bool | None:
-        """Whether the state rate is within the tolerance of 1 / `period`; None until it is measured."""
+    def matches(self, period: float, tolerance: float | None = None) -> bool | None:
+        """Whether the state rate is within `tolerance` (default: the monitor's) of 1 / `period`; None until it
+        is measured."""
         hz = self.hz
         if hz is None or not period:
             return None
-        return abs(hz - 1.0 / period) <= self.tolerance / period
+        return abs(hz - 1.0 / period) <= (self.tolerance if tolerance is None else tolerance) / period
 
     def mismatch(self, period: float) -> str | None:
         """A one-time message when the state rate differs from 1 / `period` by more than the tolerance."""
