@@ -40,6 +40,21 @@ def interface_typestore() -> Any:
     raise FileNotFoundError(f"message definitions of {PACKAGE} not found")
 
 
+# libyaml when PyYAML has it: the metadata lists every segment, and it is rewritten at each flush and re-read by
+# the trainer at each notice; the pure-Python YAML grew to most of the data node's time on long runs
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
+def load_metadata(path: Path) -> dict[str, Any]:
+    """A rosbag2 metadata.yaml's `rosbag2_bagfile_information` (safe loading, libyaml when there)."""
+    loader = _LOADER(Path(path).read_text())  # a safe loader: plain data only
+    try:
+        return loader.get_single_data()["rosbag2_bagfile_information"]
+    finally:
+        loader.dispose()
+
+
 class SegmentedBagWriter:
     """Append-only, crash-safe rosbag2 directory for one topic of raw CDR messages."""
 
@@ -69,7 +84,7 @@ class SegmentedBagWriter:
     def _read_metadata(self) -> dict[str, Any]:
         path = self.bag_dir / "metadata.yaml"
         if path.is_file():
-            return yaml.safe_load(path.read_text())["rosbag2_bagfile_information"]
+            return load_metadata(path)
         return {"version": 9, "storage_identifier": "mcap", "relative_file_paths": [], "files": [],
                 "duration": {"nanoseconds": 0}, "starting_time": {"nanoseconds_since_epoch": 0},
                 "message_count": 0, "topics_with_message_count": [], "compression_format": "",
@@ -91,7 +106,7 @@ class SegmentedBagWriter:
         if self.writer is None:
             return None
         self.writer.close()
-        seg_info = yaml.safe_load((self.scratch / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
+        seg_info = load_metadata(self.scratch / "metadata.yaml")
         name = self._next_name()
         closed = self.scratch / seg_info["relative_file_paths"][0]
         with closed.open("rb") as f:  # on disk before the metadata lists it (power loss, not just a crash)
@@ -134,7 +149,7 @@ class SegmentedBagWriter:
         tmp = self.bag_dir / "metadata.yaml.tmp"
         try:
             with tmp.open("w") as f:
-                f.write(yaml.safe_dump({"rosbag2_bagfile_information": info}, sort_keys=False))
+                f.write(yaml.dump({"rosbag2_bagfile_information": info}, Dumper=_DUMPER, sort_keys=False))
                 f.flush()
                 os.fsync(f.fileno())
         except OSError:

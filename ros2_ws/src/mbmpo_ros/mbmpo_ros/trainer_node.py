@@ -27,7 +27,7 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import String
 
 from mbmpo.config import Config, choose_config, load_config
-from mbmpo.deploy.bag import read_messages
+from mbmpo.deploy.bag import load_metadata, read_messages
 from mbmpo.deploy.intake import Intake
 from mbmpo.deploy.transitions import TransitionRecord, assemble_episodes
 from mbmpo.errors import Abandoned
@@ -100,7 +100,7 @@ class TrainerNode(Node):
         if not meta.is_file():
             return
         try:
-            listed = yaml.safe_load(meta.read_text())["rosbag2_bagfile_information"]["relative_file_paths"]
+            listed = load_metadata(meta)["relative_file_paths"]
         except (OSError, yaml.YAMLError, KeyError, TypeError) as err:
             self.get_logger().error(f"cannot read {meta}: {err}")
             return
