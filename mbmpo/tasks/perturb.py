@@ -37,16 +37,21 @@ def parse_perturbations(items: list[str] | None) -> dict[str, float]:
     return out
 
 
+def _set_scaled(model: Any, key: str, base: np.ndarray, scale: float) -> None:
+    """Set the MjModel field of `key` to `base` (its values to scale from) times `scale`, in place."""
+    field, column = PERTURBATIONS[key]
+    array = getattr(model, field)
+    if column is None:
+        array[:] = base * scale
+    else:
+        array[:, column] = base[:, column] * scale
+
+
 def apply_perturbations(env: Any, scales: dict[str, float]) -> None:
     """Scale the MuJoCo model of a (wrapped) environment in place."""
     model = env.unwrapped.model
     for key, scale in scales.items():
-        field, column = PERTURBATIONS[key]
-        array = getattr(model, field)
-        if column is None:
-            array *= scale
-        else:
-            array[:, column] *= scale
+        _set_scaled(model, key, getattr(model, PERTURBATIONS[key][0]).copy(), scale)
 
 
 def parse_ranges(text: str, where: str = "collect.randomize") -> dict[str, tuple[float, float]]:
@@ -80,10 +85,5 @@ class Randomizer:
         """Set a new draw in place; returns the scales."""
         scales = {k: float(np.exp(rng.uniform(np.log(lo), np.log(hi)))) for k, (lo, hi) in self.ranges.items()}
         for key, scale in scales.items():
-            field, column = PERTURBATIONS[key]
-            array, nominal = getattr(self.model, field), self.nominal[key]
-            if column is None:
-                array[:] = nominal * scale
-            else:
-                array[:, column] = nominal[:, column] * scale
+            _set_scaled(self.model, key, self.nominal[key], scale)
         return scales
