@@ -28,16 +28,22 @@ SIZE_KEYS = (("model", "ensemble_size"), ("model", "hidden"), ("model", "activat
              ("policy", "hidden"), ("meta", "tasks_per_model"), ("meta", "learn_inner_lr"))
 
 
-def init_config(init_dir: Path) -> Config:
-    """The configuration the run in `init_dir` was trained with (its config.yaml)."""
-    path = Path(init_dir) / "config.yaml"
-    if not path.is_file():
-        raise UserError(f"--init {init_dir}: no config.yaml there (not a run directory)")
+def saved_run(run_dir: Path) -> tuple[dict[str, Any], Config]:
+    """A run directory's config.yaml: its fields (task, seed, init, perturb, ...) and its configuration.
+    Raises UserError naming the file."""
+    path = Path(run_dir) / "config.yaml"
     try:
         saved = yaml.safe_load(path.read_text())
-        return config_from_dict(saved["config"], source=str(path))
+        return saved, config_from_dict(saved["config"], source=str(path))
     except (OSError, yaml.YAMLError, KeyError, TypeError) as err:
-        raise UserError(f"--init {init_dir}: cannot read {path}: {err}") from None
+        raise UserError(f"cannot read {path}: {err}") from None
+
+
+def init_config(init_dir: Path) -> Config:
+    """The configuration the run in `init_dir` was trained with (its config.yaml)."""
+    if not (Path(init_dir) / "config.yaml").is_file():
+        raise UserError(f"--init {init_dir}: no config.yaml there (not a run directory)")
+    return saved_run(init_dir)[1]
 
 
 def load_init(init_dir: Path, task_name: str, obs_dim: int, act_dim: int, cfg: Config) -> dict[str, Any]:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import yaml
 
-from mbmpo.config import Config, config_from_dict
+from mbmpo.config import Config
 from mbmpo.errors import UserError
 from mbmpo.meta.inner import with_learned_step_sizes
 from mbmpo.meta.loop import meta_optimize
@@ -34,7 +34,7 @@ from mbmpo.tasks.base import TaskSpec
 from mbmpo.tasks.checks import check_task_functions
 from mbmpo.tasks.perturb import Randomizer, apply_perturbations, parse_ranges
 from mbmpo.train.checkpoint import CHECKPOINT, check_task_matches, load_checkpoint, save_checkpoint
-from mbmpo.train.init import load_init
+from mbmpo.train.init import load_init, saved_run
 from mbmpo.train.logger import RunLogger
 from mbmpo.train.progress import ProgressRow
 
@@ -81,10 +81,10 @@ class Trainer:
         if has_run and not resume:
             raise UserError(f"{self.run_dir} already holds a run; pass --resume to continue it or choose another --out")
         if resume and (self.run_dir / CONFIG).exists():
-            saved = yaml.safe_load((self.run_dir / CONFIG).read_text())
+            saved, self.cfg = saved_run(self.run_dir)
+            cfg = self.cfg
             if saved.get("task") != task.name:
                 raise UserError(f"{self.run_dir} was trained on task '{saved.get('task')}', not '{task.name}'")
-            self.cfg = cfg = config_from_dict(saved["config"], source=str(self.run_dir / CONFIG))
             self.seed = seed = int(saved["seed"])
             perturb = saved.get("perturb") or perturb
             init, keep_init_data = saved.get("init") or init, bool(saved.get("keep_init_data", keep_init_data))
