@@ -22,8 +22,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _episode_starts(bag: Path) -> dict[int, np.ndarray]:
-    """Episode id -> the observation its step 0 starts from."""
-    return {m.episode_id: np.asarray(m.obs) for _, m in read_messages(bag) if m.step == 0}
+    """Episode id -> the observation its step 0 starts from, for the episodes that follow a reset: a piece
+    recorded after a gap inside an episode (stale states: a new id from step 0, the previous id not ended)
+    continues the episode and is not a start."""
+    messages = [m for _, m in read_messages(bag)]
+    ended = {m.episode_id for m in messages if m.terminated or m.truncated}
+    first = min((m.episode_id for m in messages), default=0)
+    return {m.episode_id: np.asarray(m.obs) for m in messages
+            if m.step == 0 and (m.episode_id == first or m.episode_id - 1 in ended)}
 
 
 def _run(domain: int, nodes: list[subprocess.Popen], until_episodes: int, timeout: float) -> list[dict]:
