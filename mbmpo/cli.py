@@ -36,6 +36,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.add_argument("--threads", type=int, default=0,
                        help="torch CPU threads (0: torch's default). Use 1 when other busy processes share the cores")
+    train.add_argument("--device", metavar="cpu|cuda|cuda:N|auto",
+                       help="torch device of the model fit and the meta-optimisation (default: the config's `device`, "
+                            "cpu); auto: cuda when there is one. Collection, evaluation and checkpoints stay on the CPU")
     ev = sub.add_parser("eval", help="evaluate a trained run in the real environment")
     source = ev.add_mutually_exclusive_group(required=True)
     source.add_argument("--run", type=Path, help="run directory (evaluates the checkpoint with torch)")
@@ -109,7 +112,9 @@ def _train(args: argparse.Namespace) -> int:
         cfg = load_config(config_path) if config_path else Config()
     print(f"mbmpo: {task.name}: {chosen}" + (f"; robot shifted {perturb}" if perturb else ""), flush=True)
     trainer = Trainer(task, cfg, args.out, args.seed, resume=args.resume, init=args.init,
-                      keep_init_data=args.keep_init_data, perturb=perturb)
+                      keep_init_data=args.keep_init_data, perturb=perturb, device=args.device)
+    if trainer.device.type != "cpu":
+        print(f"mbmpo: model fit and meta-optimisation on {trainer.device}", flush=True)
     bar = tqdm(total=args.steps, initial=min(trainer.buffer.total_steps, args.steps), unit="step",
                desc=f"MB-MPO {task.name}", disable=args.no_progress, dynamic_ncols=True)
 

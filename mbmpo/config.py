@@ -1,12 +1,14 @@
 """Configuration: frozen dataclasses loaded from the YAML presets in `config/`.
 
-Each component receives only its own section (`model`, `policy`, `meta`, `collect`). Unknown keys,
-wrong types and malformed YAML raise `UserError` naming the file and the key.
+Each component receives only its own section (`model`, `policy`, `meta`, `collect`); `device` is a top-level
+setting of the trainer as a whole. Unknown keys, wrong types and malformed YAML raise `UserError` naming the
+file and the key.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -17,6 +19,12 @@ import yaml
 from mbmpo.errors import UserError
 
 ACTIVATIONS = ("relu", "tanh", "swish")
+DEVICE_NAMES = "cpu, cuda, cuda:N or auto"  # what the `device` setting takes (mbmpo.device resolves it)
+
+
+def is_device_name(name: str) -> bool:
+    """True for the values the `device` setting takes: cpu, cuda, cuda:N, auto."""
+    return re.fullmatch(r"cpu|cuda|cuda:\d+|auto", name) is not None
 
 
 @dataclass(frozen=True)
@@ -129,12 +137,19 @@ class Config:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     meta: MetaConfig = field(default_factory=MetaConfig)
     collect: CollectConfig = field(default_factory=CollectConfig)
+    # torch device of the model fit and the meta-optimisation: cpu | cuda | cuda:N | auto (cuda when there is
+    # one); real episodes, evaluation, export and checkpoints stay on the CPU (mbmpo.device)
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        _check(is_device_name(self.device), f"device must be {DEVICE_NAMES}, got {self.device!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
 _SECTIONS = {"model": ModelConfig, "policy": PolicyConfig, "meta": MetaConfig, "collect": CollectConfig}
+_SETTINGS = ("device",)  # top-level keys that are settings, not sections
 
 
 def _check(ok: bool, message: str) -> None:
@@ -172,9 +187,10 @@ def config_from_dict(data: dict[str, Any] | None, source: str = "<dict>") -> Con
     data = data or {}
     if not isinstance(data, dict):
         raise UserError(f"{source}: top level must be a mapping of sections {sorted(_SECTIONS)}")
-    unknown = sorted(set(data) - set(_SECTIONS))
+    unknown = sorted(set(data) - set(_SECTIONS) - set(_SETTINGS))
     if unknown:
-        raise UserError(f"{source}: unknown section(s) {unknown}; expected some of {sorted(_SECTIONS)}")
+        raise UserError(f"{source}: unknown section(s) {unknown}; expected some of {sorted(_SECTIONS)} "
+                        f"(and the setting(s) {list(_SETTINGS)})")
     sections: dict[str, Any] = {}
     for name, cls in _SECTIONS.items():
         raw = data.get(name) or {}
@@ -190,7 +206,12 @@ def config_from_dict(data: dict[str, Any] | None, source: str = "<dict>") -> Con
             sections[name] = cls(**kwargs)
         except UserError as err:
             raise UserError(f"{source}: {err}") from None
-    return Config(**sections)
+    hints = typing.get_type_hints(Config)
+    settings = {k: _coerce(data[k], hints[k], f"{source}: {k}") for k in _SETTINGS if k in data}
+    try:
+        return Config(**sections, **settings)
+    except UserError as err:
+        raise UserError(f"{source}: {err}") from None
 
 
 def load_config(path: str | Path) -> Config:

@@ -66,8 +66,8 @@ def export_run(run_dir: Path, task: TaskSpec, out_dir: Path, adapt_max_kl: float
 def export_policy(params: Params, adapted: Params, task: TaskSpec, meta_cfg: dict[str, Any], iteration: int,
                   real_steps: int, out_dir: Path, adapt_max_kl: float = 1.0) -> dict[str, Any]:
     """Write a bundle for meta-parameters and task-batched exploration parameters; returns the manifest."""
-    params = {k: v.detach().float() for k, v in params.items()}
-    adapted = {k: v.detach().float() for k, v in adapted.items()}
+    params = {k: v.detach().float().cpu() for k, v in params.items()}  # exported from the CPU, whatever trained
+    adapted = {k: v.detach().float().cpu() for k, v in adapted.items()}
     layers = n_layers(params)
     names = param_names(layers)
     out_dir = Path(out_dir)

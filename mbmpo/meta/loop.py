@@ -37,8 +37,8 @@ class MetaPhaseStats:
 
 
 def sample_start_states(starts: Tensor, n_tasks: int, n_traj: int, generator: torch.Generator) -> Tensor:
-    """Draw T x N start states uniformly from observed states S x D."""
-    idx = torch.randint(0, starts.shape[0], (n_tasks, n_traj), generator=generator)
+    """Draw T x N start states uniformly from observed states S x D (on their device, the generator's)."""
+    idx = torch.randint(0, starts.shape[0], (n_tasks, n_traj), generator=generator, device=starts.device)
     return starts[idx]
 
 

@@ -84,7 +84,7 @@ def subsample(batch: MetaBatch, fraction: float, generator: torch.Generator | No
         return batch
     n = batch.pre.obs.shape[1]
     keep = max(1, int(round(n * fraction)))
-    idx = torch.randperm(n, generator=generator)[:keep]
+    idx = torch.randperm(n, generator=generator)[:keep].to(batch.pre.obs.device)  # drawn on the CPU
     pick = lambda tr: Trajectories(tr.obs[:, idx], tr.act[:, idx], tr.rew[:, idx], tr.mask[:, idx])
     return MetaBatch(pick(batch.pre), batch.pre_adv[:, idx], pick(batch.post), batch.post_adv[:, idx])
 

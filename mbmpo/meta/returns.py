@@ -42,7 +42,8 @@ def baseline_features(obs: Tensor) -> Tensor:
     """
     o = obs.clamp(-10.0, 10.0)
     horizon = obs.shape[-2]
-    t = (torch.arange(horizon, dtype=obs.dtype) / 100.0).reshape(horizon, 1).expand(*obs.shape[:-1], 1)
+    t = torch.arange(horizon, dtype=obs.dtype, device=obs.device) / 100.0
+    t = t.reshape(horizon, 1).expand(*obs.shape[:-1], 1)
     return torch.cat([o, o * o, t, t * t, t * t * t, torch.ones_like(t)], dim=-1)
 
 
@@ -57,8 +58,8 @@ def fit_linear_baseline(obs: Tensor, returns: Tensor, mask: Tensor, reg: float =
     f = feats.reshape(n_tasks, -1, n_feat) * mask.reshape(n_tasks, -1, 1).double()
     y = (returns * mask).reshape(n_tasks, -1, 1).double()
     gram, rhs = f.transpose(1, 2) @ f, f.transpose(1, 2) @ y
-    eye = torch.eye(n_feat, dtype=torch.float64)
-    coef = torch.zeros(n_tasks, n_feat, 1, dtype=torch.float64)
+    eye = torch.eye(n_feat, dtype=torch.float64, device=obs.device)
+    coef = torch.zeros(n_tasks, n_feat, 1, dtype=torch.float64, device=obs.device)
     for _ in range(5):
         coef = torch.linalg.lstsq(gram + reg * eye, rhs).solution
         if torch.isfinite(coef).all():

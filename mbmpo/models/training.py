@@ -26,8 +26,9 @@ class FitResult:
 
 
 def member_splits(n: int, members: int, valid_fraction: float, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-    """Independent random splits per member: (train E x n_train, valid E x n_valid) index tensors."""
-    perm = torch.argsort(torch.rand(members, n, generator=generator), dim=1)
+    """Independent random splits per member: (train E x n_train, valid E x n_valid) index tensors, on the
+    generator's device."""
+    perm = torch.argsort(torch.rand(members, n, generator=generator, device=generator.device), dim=1)
     n_valid = max(1, int(round(n * valid_fraction)))
     return perm[:, n_valid:], perm[:, :n_valid]
 
@@ -40,7 +41,7 @@ def _member_loss(ensemble: DynamicsEnsemble, x: Tensor, y: Tensor) -> Tensor:
 @torch.no_grad()
 def validation_loss(ensemble: DynamicsEnsemble, x: Tensor, y: Tensor, idx: Tensor, chunk: int = 20_000) -> Tensor:
     """Per-member loss on each member's own index set: idx E x n -> E."""
-    total = torch.zeros(idx.shape[0])
+    total = torch.zeros(idx.shape[0], device=x.device)
     for start in range(0, idx.shape[1], chunk):
         part = idx[:, start:start + chunk]
         total += _member_loss(ensemble, x[part], y[part]) * part.shape[1]
@@ -51,6 +52,7 @@ def fit_ensemble(ensemble: DynamicsEnsemble, optimizer: torch.optim.Optimizer, o
                  next_obs: Tensor, cfg: ModelConfig, generator: torch.Generator,
                  should_stop: Callable[[], bool] | None = None) -> FitResult:
     """Train all members on (obs B x D, act B x A, next_obs B x D), warm-starting from current weights.
+    The data, the ensemble and `generator` share one device (the splits and minibatches are drawn there).
     Raises `Abandoned` at the start of an epoch once `should_stop()` is true."""
     ensemble.fit_normalizers(obs, act, next_obs)
     x, y = ensemble.normalized_io(obs, act, next_obs)
@@ -58,7 +60,8 @@ def fit_ensemble(ensemble: DynamicsEnsemble, optimizer: torch.optim.Optimizer, o
     train_idx, valid_idx = member_splits(obs.shape[0], members, cfg.valid_fraction, generator)
     n_train = train_idx.shape[1]
     batch = min(cfg.batch_size, n_train)
-    active = torch.ones(members, dtype=torch.bool)
+    active = torch.ones(members, dtype=torch.bool, device=x.device)
+    n_active = members  # active.sum() as a Python int, read once per epoch (not a device sync per step)
     epochs = [0] * members
     v0 = validation_loss(ensemble, x, y, valid_idx)
     rolling = 1.5 * v0
@@ -71,7 +74,8 @@ def fit_ensemble(ensemble: DynamicsEnsemble, optimizer: torch.optim.Optimizer, o
             raise Abandoned("stopped during the model fit")
         if cfg.max_steps and steps >= cfg.max_steps:
             break
-        order = torch.gather(train_idx, 1, torch.argsort(torch.rand(members, n_train, generator=generator), 1))
+        shuffle = torch.argsort(torch.rand(members, n_train, generator=generator, device=generator.device), 1)
+        order = torch.gather(train_idx, 1, shuffle)
         for start in range(0, n_train - batch + 1, batch):
             if cfg.max_steps and steps >= cfg.max_steps:
                 break  # the step budget ends the fit mid-epoch; the validation below still runs
@@ -81,13 +85,12 @@ def fit_ensemble(ensemble: DynamicsEnsemble, optimizer: torch.optim.Optimizer, o
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            if not active.all():  # stopped members must not move (Adam momentum would move them)
+            if n_active < members:  # stopped members must not move (Adam momentum would move them)
                 with torch.no_grad():
                     for p, f in zip(params, frozen):
                         p[~active] = f[~active]
-            samples += batch * int(active.sum())
-        for e in range(members):
-            epochs[e] += int(active[e])
+            samples += batch * n_active
+        epochs = [n + int(a) for n, a in zip(epochs, active.tolist())]
         val = validation_loss(ensemble, x, y, valid_idx)
         new_rolling = cfg.persistency * rolling + (1.0 - cfg.persistency) * val
         stopping = active & (new_rolling > rolling)
@@ -96,8 +99,9 @@ def fit_ensemble(ensemble: DynamicsEnsemble, optimizer: torch.optim.Optimizer, o
                 for p, f in zip(params, frozen):
                     f[stopping] = p[stopping]
         active &= ~stopping
+        n_active = int(active.sum())
         rolling = new_rolling
-        if not active.any():
+        if n_active == 0:
             break
     val = validation_loss(ensemble, x, y, valid_idx)
     return FitResult([float(v) for v in val], epochs, samples)

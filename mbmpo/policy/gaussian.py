@@ -83,10 +83,11 @@ def gaussian_kl(mean_p: Tensor, log_std_p: Tensor, mean_q: Tensor, log_std_q: Te
 
 
 def sample(params: Params, obs: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-    """Sample actions; returns (act ... x A, mean ... x A)."""
+    """Sample actions; returns (act ... x A, mean ... x A). The noise is drawn on the device of `obs` and
+    `params`, where `generator` (if given) must live too."""
     mean = mean_action(params, obs)
     std = torch.exp(log_std_like(params, mean))
-    noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype)
+    noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
     return mean + std * noise, mean
 
 

@@ -20,21 +20,23 @@ def imagine(ensemble: DynamicsEnsemble, params: Params, start_obs: Tensor, horiz
     """Roll the policy out in the models.
 
     params: shared or task-batched (leading T). start_obs: T x N x D with T a multiple of the
-    ensemble size (tasks grouped by member: tasks [e*m, (e+1)*m) use member e).
+    ensemble size (tasks grouped by member: tasks [e*m, (e+1)*m) use member e). The ensemble, params,
+    start_obs and generator share one device; the trajectories are returned there.
     Predicted states are clipped to +-clip_obs; a non-finite prediction ends its trajectory.
     """
     n_tasks, n_traj, obs_dim = start_obs.shape
     members = ensemble.members
     if n_tasks % members:
         raise ValueError(f"{n_tasks} tasks do not divide over {members} ensemble members")
-    low = torch.as_tensor(task.act_low)
-    high = torch.as_tensor(task.act_high)
+    device = start_obs.device
+    low = torch.as_tensor(task.act_low, device=device)
+    high = torch.as_tensor(task.act_high, device=device)
     obs = start_obs.clone()
-    alive = torch.ones(n_tasks, n_traj, dtype=torch.bool)
-    obs_buf = torch.zeros(n_tasks, n_traj, horizon, obs_dim)
-    act_buf = torch.zeros(n_tasks, n_traj, horizon, task.act_dim)
-    rew_buf = torch.zeros(n_tasks, n_traj, horizon)
-    mask_buf = torch.zeros(n_tasks, n_traj, horizon)
+    alive = torch.ones(n_tasks, n_traj, dtype=torch.bool, device=device)
+    obs_buf = torch.zeros(n_tasks, n_traj, horizon, obs_dim, device=device)
+    act_buf = torch.zeros(n_tasks, n_traj, horizon, task.act_dim, device=device)
+    rew_buf = torch.zeros(n_tasks, n_traj, horizon, device=device)
+    mask_buf = torch.zeros(n_tasks, n_traj, horizon, device=device)
     with ensemble.frozen_weights():  # weight normalisation once per pass, not once per step
         for t in range(horizon):
             act, _ = sample(params, obs, generator)

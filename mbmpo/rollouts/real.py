@@ -42,7 +42,7 @@ def run_episodes(task: TaskSpec, envs: list[Any], params: Params | None, seeds: 
                 if batched:
                     x = x.unsqueeze(1)  # T x 1 x D
                 a = mean_action(p, x) if deterministic else sample(p, x, generator)[0]
-                acts = a.reshape(len(active), task.act_dim).numpy()
+                acts = a.reshape(len(active), task.act_dim).cpu().numpy()
         still = []
         for i, a in zip(active, acts):
             applied = task.clip_action(a).astype(np.float32)

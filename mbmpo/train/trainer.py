@@ -7,10 +7,17 @@
 
 The run directory holds everything needed to resume: `config.yaml`, `data.npz` (every collected
 transition, saved right after collection), `checkpoint.pt` (after each iteration) and the logs.
+
+Devices (`device` in the config, `--device`): the ensemble and its optimiser live on that device for the whole
+run, since the fit (2) and the imagined rollouts of the meta-optimisation (3) are the heavy work. The policy's
+master copy (`RunState`) stays on the CPU, where collection (1), evaluation (4) and export use it; it is
+copied to the device for step 3 only and the results copied back (a few thousand numbers per iteration).
+Checkpoints hold CPU tensors.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import time
 from collections.abc import Callable
@@ -22,6 +29,7 @@ import torch
 import yaml
 
 from mbmpo.config import Config
+from mbmpo.device import resolve_device, to_device
 from mbmpo.errors import UserError
 from mbmpo.meta.inner import with_learned_step_sizes
 from mbmpo.meta.loop import meta_optimize
@@ -40,6 +48,7 @@ from mbmpo.train.progress import ProgressRow
 
 DATA = "data.npz"
 CONFIG = "config.yaml"
+CPU = torch.device("cpu")  # where the policy's master copy, the buffer and the checkpoints live
 
 
 @dataclass
@@ -47,8 +56,8 @@ class RunState:
     """What changes from iteration to iteration."""
 
     iteration: int
-    params: Params  # the meta-policy theta
-    adapted: Params | None  # theta'_k of the last meta-phase, T x ... (None before the first)
+    params: Params  # the meta-policy theta (on the CPU)
+    adapted: Params | None  # theta'_k of the last meta-phase, T x ... (None before the first; on the CPU)
 
 
 class Stream(enum.IntEnum):
@@ -69,11 +78,12 @@ def _seed(seed: int, iteration: int, stream: int) -> int:
 
 
 class Trainer:
-    """Owns the ensemble, the policy, the data buffer and the run directory."""
+    """Owns the ensemble, the policy, the data buffer and the run directory. `device` (cpu, cuda, cuda:N,
+    auto) overrides `cfg.device`, a resumed run's too; a new run's config.yaml records it, every checkpoint too."""
 
     def __init__(self, task: TaskSpec, cfg: Config, run_dir: Path, seed: int, resume: bool = False,
                  init: Path | None = None, keep_init_data: bool = False, perturb: dict[str, float] | None = None,
-                 tensorboard: bool = True):
+                 tensorboard: bool = True, device: str | None = None):
         self.task, self.cfg, self.run_dir, self.seed = task, cfg, Path(run_dir), seed
         check_task_functions(task, torch_batches=True)  # before anything is written: a bad reward leaves no run
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -88,11 +98,14 @@ class Trainer:
             self.seed = seed = int(saved["seed"])
             perturb = saved.get("perturb") or perturb
             init, keep_init_data = saved.get("init") or init, bool(saved.get("keep_init_data", keep_init_data))
+        if device is not None and device != cfg.device:
+            cfg = self.cfg = dataclasses.replace(cfg, device=device)  # checks the name (UserError naming device)
+        self.device = resolve_device(cfg.device)  # before any training: a missing GPU is one line, not a traceback
         self.real_horizon = cfg.collect.horizon or task.horizon
         self.imagined_horizon = cfg.meta.horizon or self.real_horizon
         self.n_tasks = cfg.model.ensemble_size * cfg.meta.tasks_per_model
         torch.manual_seed(seed)
-        self.ensemble = DynamicsEnsemble(task.obs_dim, task.act_dim, cfg.model)
+        self.ensemble = DynamicsEnsemble(task.obs_dim, task.act_dim, cfg.model).to(self.device)
         self.optimizer = torch.optim.Adam(self.ensemble.parameters(), lr=cfg.model.lr)
         gen = torch.Generator().manual_seed(seed)
         params = init_params(task.obs_dim, task.act_dim, cfg.policy.hidden, cfg.policy.init_std, gen)
@@ -184,10 +197,12 @@ class Trainer:
         return episodes
 
     def fit(self, iteration: int):
-        b = self.buffer
-        gen = torch.Generator().manual_seed(_seed(self.seed, iteration, Stream.MODEL_FIT))
-        return fit_ensemble(self.ensemble, self.optimizer, torch.as_tensor(b.obs), torch.as_tensor(b.act),
-                            torch.as_tensor(b.next_obs), self.cfg.model, gen, self.should_stop)
+        """Fit the ensemble on the device to every transition in the buffer."""
+        b, device = self.buffer, self.device
+        gen = torch.Generator(device).manual_seed(_seed(self.seed, iteration, Stream.MODEL_FIT))
+        return fit_ensemble(self.ensemble, self.optimizer, torch.as_tensor(b.obs, device=device),
+                            torch.as_tensor(b.act, device=device), torch.as_tensor(b.next_obs, device=device),
+                            self.cfg.model, gen, self.should_stop)
 
     def evaluate(self, iteration: int, episodes: int) -> tuple[float, float]:
         """Deterministic real returns of the meta-policy and of one adapted policy per ensemble member."""
@@ -211,7 +226,7 @@ class Trainer:
 
         def act(obs: np.ndarray) -> np.ndarray:
             with torch.no_grad():
-                return mean_action(params, torch.as_tensor(obs, dtype=torch.float32)[None])[0].numpy()
+                return mean_action(params, torch.as_tensor(obs, dtype=torch.float32)[None])[0].cpu().numpy()
 
         frames, _ = render_episode(self.task, act, _seed(self.seed, iteration, Stream.EVALUATION_RESETS),
                                    self.real_horizon)
@@ -222,8 +237,8 @@ class Trainer:
         the predicted next state, in units of the target standardisation."""
         if not episodes:
             return float("nan")
-        obs = torch.as_tensor(np.concatenate([e.obs[:-1] for e in episodes]))
-        act = torch.as_tensor(np.concatenate([e.act for e in episodes]))
+        obs = torch.as_tensor(np.concatenate([e.obs[:-1] for e in episodes]), device=self.device)
+        act = torch.as_tensor(np.concatenate([e.act for e in episodes]), device=self.device)
         members = self.ensemble.members
         pred = self.ensemble.predict(obs.expand(members, -1, -1), act.expand(members, -1, -1))
         return float((pred.std(0) / self.ensemble.out_norm.std).mean())
@@ -258,12 +273,13 @@ class Trainer:
         t1 = time.perf_counter()
         fit = self.fit(it)
         t2 = time.perf_counter()
-        gen = torch.Generator().manual_seed(_seed(self.seed, it, Stream.META))
-        starts = torch.as_tensor(self.buffer.starts if self.cfg.meta.start_states == "reset" else self.buffer.obs)
-        params, adapted, meta = meta_optimize(self.ensemble, self.state.params, starts, self.task, self.cfg.meta,
-                                              self.imagined_horizon, gen, self.should_stop)
+        gen = torch.Generator(self.device).manual_seed(_seed(self.seed, it, Stream.META))
+        starts = torch.as_tensor(self.buffer.starts if self.cfg.meta.start_states == "reset" else self.buffer.obs,
+                                 device=self.device)
+        params, adapted, meta = meta_optimize(self.ensemble, to_device(self.state.params, self.device), starts,
+                                              self.task, self.cfg.meta, self.imagined_horizon, gen, self.should_stop)
         t3 = time.perf_counter()
-        self.state = RunState(it + 1, params, adapted)
+        self.state = RunState(it + 1, to_device(params, CPU), to_device(adapted, CPU))
         ret_pre, ret_post = self.evaluate(it, self.cfg.collect.eval_episodes)
         every = self.cfg.collect.video_every
         if every and (it + 1) % every == 0 and self.logger.writer is not None:
