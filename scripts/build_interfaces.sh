@@ -130,7 +130,7 @@ ls "$VENV/lib/lib${PKG_NAME}__rosidl_typesupport_c.so" >/dev/null 2>&1 \
 #    and round-trip one through the CDR serializer (this loads the C typesupport).
 # ---------------------------------------------------------------------------------------
 if ! out=$(env -u LD_LIBRARY_PATH "$PY" - <<'EOF' 2>&1
-from mbmpo_interfaces.msg import BundleFile, PolicyBundle, Transition
+from mbmpo_interfaces.msg import BundleFile, PolicyBundle, Transition, TransitionBatch
 from rclpy.serialization import deserialize_message, serialize_message
 
 t = Transition(episode_id=1, step=2, policy_id="meta", obs=[0.5], action=[1.0], reward=1.0,

@@ -107,7 +107,7 @@ def test_segmented_bag_survives_a_crash_and_reads_back(tmp_path: Path) -> None:
         w.write(raw(i), 100 + i)  # never flushed: the process "dies" here
     del w
     w = SegmentedBagWriter(bag, "/transitions", "mbmpo_interfaces/msg/Transition")  # restart appends
-    assert w.message_count == 5
+    assert w.transitions == 5
     w.write(raw(8), 200)
     w.close()
     steps = [m.step for _, m in read_messages(bag)]

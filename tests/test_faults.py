@@ -92,7 +92,7 @@ def test_bag_flush_on_a_full_disk_raises_and_keeps_every_listed_segment(tmp_path
     with pytest.raises(OSError) as err:
         writer.flush()
     assert err.value.errno == 28  # ENOSPC
-    assert (bag / "metadata.yaml").read_text() == before and writer.message_count == 10
+    assert (bag / "metadata.yaml").read_text() == before and writer.transitions == 10
     assert [m.step for _, m in read_messages(bag)] == list(range(10))
     again = SegmentedBagWriter(bag, TOPIC, MSGTYPE)  # a restart after space was freed
     again.write(serialize_message(_transition(2, 0, 100)), 100)

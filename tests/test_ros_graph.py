@@ -14,6 +14,7 @@ from std_msgs.msg import String  # noqa: E402
 
 from mbmpo.cli import main as cli  # noqa: E402
 from mbmpo.deploy.bag import read_messages  # noqa: E402
+from mbmpo.deploy.transitions import records_from_msg  # noqa: E402
 from mbmpo.train.progress import read_progress  # noqa: E402
 from mbmpo_ros.testing import Probe, next_domain, read_report, start_node, stop_node  # noqa: E402
 
@@ -59,19 +60,22 @@ def test_train_graph_learns_inverted_pendulum_and_records_every_transition(tmp_p
 
 @pytest.mark.slow
 def test_a_fleet_of_three_simulated_robots_trains_one_policy(tmp_path: Path) -> None:
-    """robots:=3: three sims and three policy nodes in namespaces robot_0..2, one data node, one trainer."""
+    """robots:=3: three sims and three policy nodes in namespaces robot_0..2, one data node, one trainer; the
+    policy nodes send their transitions in batches (batch:=10), as a fleet would."""
     out = tmp_path / "run"
     # real time (25 Hz a robot), as robots run: in lock-step three simulators take every cycle of a 2-core
     # machine and the data node and the trainer starve
-    r = _bringup(["train", "sim:=mujoco", "sim_mode:=realtime", "robots:=3", "task:=InvertedPendulum-v5",
-                  f"out:={out}", "steps:=100000", "target_return:=190", "duration:=500"], next_domain(), timeout=600)
+    r = _bringup(["train", "sim:=mujoco", "sim_mode:=realtime", "robots:=3", "batch:=10",
+                  "task:=InvertedPendulum-v5", f"out:={out}", "steps:=100000", "target_return:=190", "duration:=500"],
+                 next_domain(), timeout=600)
     assert "trainer finished (0)" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
     assert read_progress(out)[-1].return_pre >= 190.0
     recorded = _final_counts(out, "data_node")
     robots = [f"robot_{i}" for i in range(3)]
     in_bag: dict[str, int] = {}
     for _, m in read_messages(out / "bag"):
-        in_bag[m.robot] = in_bag.get(m.robot, 0) + 1
+        assert type(m).__name__.endswith("TransitionBatch")
+        in_bag[m.robot] = in_bag.get(m.robot, 0) + len(records_from_msg(m))
     assert set(in_bag) == set(robots) and all(n > 200 for n in in_bag.values()), in_bag
     assert recorded["robots"] == in_bag and recorded["rejected"] == {}, recorded
     final = json.loads((out / "policy" / "manifest.json").read_text())["policy_version"]

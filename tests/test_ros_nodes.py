@@ -15,7 +15,10 @@ from std_msgs.msg import Float64MultiArray, String  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 
 from mbmpo.deploy.bag import read_messages  # noqa: E402
+from mbmpo.deploy.transitions import TransitionBatch, records_from_msg  # noqa: E402
 from mbmpo_interfaces.msg import Transition  # noqa: E402
+from mbmpo_interfaces.msg import TransitionBatch as TransitionBatchMsg  # noqa: E402
+from mbmpo_ros.common import fill_batch  # noqa: E402
 from mbmpo_ros.testing import Probe, next_domain, start_node, stop_node  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -264,6 +267,73 @@ def test_data_node_records_valid_and_rejects_malformed(tmp_path: Path) -> None:
         stop_node(node)
     assert [m.step for _, m in read_messages(bag)] == list(range(20))
     assert status[-1]["rejected"] == {"non-finite": 1, "size": 2, "order": 2, "magnitude": 1, "jump": 1}
+
+
+@pytest.mark.badinput
+def test_data_node_records_batches_and_rejects_their_bad_rows(tmp_path: Path) -> None:
+    """Batches are validated row by row (a bad row is dropped, the rest recorded), a batch whose columns
+    disagree is refused whole, single transitions still go in beside them, and counts are of transitions."""
+    domain = next_domain()
+    bag = tmp_path / "bag"
+    node = start_node("data_node", domain, {"bag_dir": str(bag), "obs_dim": 4, "act_dim": 1, "flush_period": 0.2})
+    probe = Probe(domain)
+    try:
+        status: list[dict] = []
+        probe.node.create_subscription(String, "data_node/status", lambda m: status.append(json.loads(m.data)), 10)
+        pub = probe.node.create_publisher(TransitionBatchMsg, "transition_batches", RELIABLE)
+        single = probe.node.create_publisher(Transition, "transitions", RELIABLE)
+        assert probe.spin_until(lambda: pub.get_subscription_count() > 0 and single.get_subscription_count() > 0, 20)
+        n, obs = 40, np.zeros((41, 4), np.float32)
+        obs[:, 0] = np.arange(41)
+        rows = TransitionBatch("arm_a", np.arange(1, n + 1) * 1000, np.ones(n, np.int64), np.arange(n), ["meta"] * n,
+                               obs[:-1], np.full((n, 1), 0.5, np.float32), np.ones(n, np.float32), obs[1:],
+                               np.zeros(n, bool), np.arange(n) == n - 1)
+        pub.publish(fill_batch(TransitionBatchMsg(), rows.rows(np.arange(n) < 30)))
+        with_nan = rows.rows(np.arange(n) >= 30)
+        with_nan.reward[3] = np.nan
+        pub.publish(fill_batch(TransitionBatchMsg(), with_nan))
+        short = fill_batch(TransitionBatchMsg(), rows.rows(np.arange(n) < 10))
+        short.reward = short.reward[:9]
+        pub.publish(short)
+        single.publish(Transition(episode_id=2, step=0, policy_id="meta", obs=[0.0] * 4, action=[0.1], reward=1.0,
+                                  next_obs=[0.0] * 4, robot="arm_b"))
+        assert probe.spin_until(lambda: status and status[-1]["durable"] == 40, 15), status[-1:]
+    finally:
+        probe.close()
+        stop_node(node)
+    assert status[-1]["rejected"] == {"non-finite": 1, "size": 10}
+    assert status[-1]["robots"] == {"arm_a": 39, "arm_b": 1} and status[-1]["accepted"] == 40
+    back = [r for _, m in read_messages(bag) for r in records_from_msg(m)]
+    assert sorted((r.robot, r.step) for r in back) == [("arm_a", s) for s in range(40) if s != 33] + [("arm_b", 0)]
+
+
+def test_policy_node_sends_transitions_in_batches(pendulum_bundle: Path) -> None:
+    """batch:=4: TransitionBatch messages of at most 4 consecutive steps, an episode's end closing one."""
+    domain = next_domain()
+    node = start_node("policy_node", domain, {"bundle": str(pendulum_bundle), "mode": "explore", "seed": 1,
+                                              "reset": "none", "batch": 4, "horizon": 10})
+    probe = Probe(domain)
+    try:
+        batches: list[TransitionBatch] = []
+        probe.node.create_subscription(TransitionBatchMsg, "transition_batches",
+                                       lambda m: batches.append(TransitionBatch.from_msg(m)), RELIABLE)
+        state_pub = probe.node.create_publisher(JointState, "joint_states", 10)
+        status: list[str] = []
+        probe.node.create_subscription(String, "policy_node/status", lambda m: status.append(m.data), 10)
+        assert probe.spin_until(lambda: bool(status), 30.0), "the policy node never reported"
+        probe.spin_for(1.0)
+        for i in range(40):  # a robot driver at 25 Hz
+            state_pub.publish(_driver(probe, [0.01 * (i % 3), 0.02]))
+            probe.spin_for(0.04)
+        probe.spin_for(0.5)
+    finally:
+        probe.close()
+        stop_node(node)
+    assert batches and all(1 <= len(b) <= 4 for b in batches)
+    steps = [(int(e), int(s)) for b in batches for e, s in zip(b.episode_id, b.step)]
+    assert len(steps) >= 20 and steps == sorted(steps)
+    ends = [b for b in batches if b.truncated.any()]
+    assert ends and all(b.truncated[-1] and not b.truncated[:-1].any() for b in ends), steps  # an end closes a batch
 
 
 def test_trainer_node_trains_on_recorded_segments_and_publishes_a_bundle(tmp_path: Path) -> None:

@@ -6,6 +6,10 @@ atomically. A crash therefore loses at most the open segment; every listed file 
 `ros2 bag` and `rosbags` read the bag as one. Reopening the same folder appends new segments. A write
 that fails (disk full, folder gone read-only) raises `OSError` and leaves the listed segments and
 `metadata.yaml` as they were.
+
+A bag may hold single transitions and batches of them (one message, many transitions) on two topics; the
+number of transitions is kept in the metadata's `custom_data` (`mbmpo_transitions`), beside rosbag2's count
+of messages.
 """
 
 from __future__ import annotations
@@ -55,11 +59,21 @@ def load_metadata(path: Path) -> dict[str, Any]:
         loader.dispose()
 
 
+TRANSITIONS_KEY = "mbmpo_transitions"  # custom_data entry: transitions in the bag (a batch counts its rows)
+
+
+def bag_transitions(info: dict[str, Any]) -> int:
+    """Transitions in a bag of metadata `info` (its message count for bags written before batches)."""
+    custom = info.get("custom_data") or {}
+    return int(custom.get(TRANSITIONS_KEY, info["message_count"]))
+
+
 class SegmentedBagWriter:
-    """Append-only, crash-safe rosbag2 directory for one topic of raw CDR messages."""
+    """Append-only, crash-safe rosbag2 directory of raw CDR messages, on `topic` and any added with `add_topic`."""
 
     def __init__(self, bag_dir: Path, topic: str, msgtype: str, typestore: Any | None = None):
-        self.bag_dir, self.topic, self.msgtype = Path(bag_dir), topic, msgtype
+        self.bag_dir, self.topic = Path(bag_dir), topic
+        self.msgtypes = {topic: msgtype}
         self.typestore = typestore or interface_typestore()
         self.bag_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=self.bag_dir):  # unwritable (read-only, no permission): fail now
@@ -68,8 +82,8 @@ class SegmentedBagWriter:
         shutil.rmtree(self.scratch, ignore_errors=True)  # a segment a crash left open is incomplete
         self.info = self._read_metadata()
         self.writer: Writer | None = None
-        self.connection: Any = None
-        self.pending = 0
+        self.connections: dict[str, Any] = {}  # topic -> connection in the open segment
+        self.pending = 0  # transitions in the open segment
         self.first = self.last = 0
 
     @property
@@ -77,9 +91,13 @@ class SegmentedBagWriter:
         return list(self.info["relative_file_paths"])
 
     @property
-    def message_count(self) -> int:
-        """Messages in closed (durable) segments."""
-        return int(self.info["message_count"])
+    def transitions(self) -> int:
+        """Transitions in closed (durable) segments."""
+        return bag_transitions(self.info)
+
+    def add_topic(self, topic: str, msgtype: str) -> None:
+        """Also record `topic` (messages of `msgtype`) into the same bag."""
+        self.msgtypes[topic] = msgtype
 
     def _read_metadata(self) -> dict[str, Any]:
         path = self.bag_dir / "metadata.yaml"
@@ -90,15 +108,19 @@ class SegmentedBagWriter:
                 "message_count": 0, "topics_with_message_count": [], "compression_format": "",
                 "compression_mode": "", "custom_data": None, "ros_distro": "jazzy"}
 
-    def write(self, raw: bytes, stamp_ns: int) -> None:
-        """Append one serialised message (kept in the open segment until `flush`)."""
+    def write(self, raw: bytes, stamp_ns: int, topic: str = "", count: int = 1) -> None:
+        """Append one serialised message of `count` transitions on `topic` ('' the first) to the open segment
+        (kept there until `flush`)."""
+        topic = topic or self.topic
         if self.writer is None:
             self.writer = Writer(self.scratch, version=9, storage_plugin=StoragePlugin.MCAP)
             self.writer.open()
-            self.connection = self.writer.add_connection(self.topic, self.msgtype, typestore=self.typestore)
+            self.connections = {}
             self.first = stamp_ns
-        self.writer.write(self.connection, stamp_ns, raw)
-        self.pending += 1
+        if topic not in self.connections:
+            self.connections[topic] = self.writer.add_connection(topic, self.msgtypes[topic], typestore=self.typestore)
+        self.writer.write(self.connections[topic], stamp_ns, raw)
+        self.pending += count
         self.last = stamp_ns
 
     def flush(self) -> str | None:
@@ -113,7 +135,7 @@ class SegmentedBagWriter:
             os.fsync(f.fileno())
         closed.replace(self.bag_dir / name)
         shutil.rmtree(self.scratch, ignore_errors=True)
-        self._add_segment(name, seg_info)
+        self._add_segment(name, seg_info, self.pending)
         self.writer, self.pending = None, 0
         return name
 
@@ -124,9 +146,11 @@ class SegmentedBagWriter:
             index += 1
         return f"segment_{index:06d}.mcap"
 
-    def _add_segment(self, name: str, seg: dict[str, Any]) -> None:
-        """List a closed segment: the new metadata is written atomically, then (only then) kept in memory."""
+    def _add_segment(self, name: str, seg: dict[str, Any], transitions: int) -> None:
+        """List a closed segment of `transitions`: the new metadata is written atomically, then (only then)
+        kept in memory."""
         info = copy.deepcopy(self.info)
+        info["custom_data"] = {**(info.get("custom_data") or {}), TRANSITIONS_KEY: str(bag_transitions(info) + transitions)}
         entry = seg["files"][0]
         entry["path"] = name
         info["relative_file_paths"].append(name)

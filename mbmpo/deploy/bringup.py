@@ -21,6 +21,7 @@ from pathlib import Path
 
 import yaml
 
+from mbmpo.deploy.bag import bag_transitions, load_metadata
 from mbmpo.deploy.graph import GRAPHS, NodeSpec
 
 USAGE = "usage: mbmpo-bringup {train|deploy} [name:=value ...]   (names: see launch/<graph>.launch.py)"
@@ -177,8 +178,8 @@ def summary(out: Path) -> str:
     lines += fleet_lines(out / "reports")
     bag = out / "bag" / "metadata.yaml"
     if bag.is_file():
-        info = yaml.safe_load(bag.read_text())["rosbag2_bagfile_information"]
-        lines.append(f"  bag: {info['message_count']} transitions in {len(info['relative_file_paths'])} MCAP segments")
+        info = load_metadata(bag)
+        lines.append(f"  bag: {bag_transitions(info)} transitions in {len(info['relative_file_paths'])} MCAP segments")
     for name in ("policy/manifest.json", "learning_curve.png"):
         if (out / name).exists():
             lines.append(f"  {out / name}")

@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from mbmpo.config import DEVICE_NAMES, is_device_name
 from mbmpo.deploy.reset import RESET_MODES
 
 # launch argument -> (default, description); shared by the launch files and mbmpo-bringup
@@ -23,11 +24,15 @@ TRAIN_ARGUMENTS: dict[str, tuple[str, str]] = {
     "target_return": ("0", "stop once the meta-policy's evaluation return reaches this (0: never)"),
     "init": ("", "fine-tune: a finished run (e.g. trained in simulation) whose models and policies start this one"),
     "keep_init_data": ("false", "with init: also train on that run's transitions (true | false)"),
+    "device": ("", "torch device of the trainer's fit and meta-optimisation: cpu | cuda | cuda:N | auto "
+                   "('' = the config's device, cpu by default)"),
     "sim_mode": ("lockstep", "sim timing: lockstep (steps on each command), realtime, or fast"),
     "speedup": ("1.0", "sim_mode fast: simulated seconds per wall second"),
     "perturb": ("", "sim physics scales, e.g. mass=1.3,friction=0.6; per robot of a fleet: 'mass=1.2|mass=0.9|'"),
     "robots": ("1", "a fleet: N robots (sim:=mujoco: N sims, namespaces robot_0..) or the namespaces of real "
                     "robots' drivers, e.g. arm_a,arm_b; each robot gets its own policy node in its namespace"),
+    "batch": ("1", "transitions a message from each policy node: 1 sends a Transition each step; N > 1 sends "
+                   "TransitionBatch messages of up to N (fast robots, fleets: the data node records far more a second)"),
     "joint_states": ("joint_states", "topic of the robot's sensor_msgs/JointState"),
     "commands": ("commands", "topic of the std_msgs/Float64MultiArray commands"),
     "reset_service": ("sim_node/reset", "std_srvs/Trigger that resets the robot between episodes"),
@@ -105,6 +110,13 @@ def _flag(a: dict[str, str], name: str) -> bool:
     return value == "true"
 
 
+def _device(a: dict[str, str]) -> str:
+    """The trainer's `device` ('' leaves the config's); whether the machine has that GPU, the trainer checks."""
+    if a["device"] and not is_device_name(a["device"]):
+        raise ValueError(f"device:={a['device']} is not one of {DEVICE_NAMES} (or '' for the config's)")
+    return a["device"]
+
+
 def _robots(a: dict[str, str]) -> list[str]:
     """The fleet's namespaces: [''] for one robot, robot_0.. for robots:=N, or the names listed."""
     value = a.get("robots", "1").strip()
@@ -150,7 +162,8 @@ def train_graph(args: dict[str, str]) -> list[NodeSpec]:
     perturbs = _perturb(a, len(robots))
     # one data node for the fleet: one bag, one validator, one intake for the trainer (its recording rate,
     # BENCHMARKS.md, bounds the fleet's total); the policy nodes publish to the global topics
-    to_fleet = (("transitions", "/transitions"), ("policy_bundle", "/policy_bundle")) if len(robots) > 1 else ()
+    to_fleet = (("transitions", "/transitions"), ("transition_batches", "/transition_batches"),
+                ("policy_bundle", "/policy_bundle")) if len(robots) > 1 else ()
     nodes: list[NodeSpec] = []
     for i, robot in enumerate(robots):
         report = f"{out}/reports/{robot}/policy_node.json" if robot else f"{out}/reports/policy_node.json"
@@ -158,7 +171,7 @@ def train_graph(args: dict[str, str]) -> list[NodeSpec]:
             "policy_node", "policy_node",
             {"mode": "explore", "bundle": "", "task": a["task"], "lockstep": lockstep, **_reset(a),
              "wait_for_recorder": True, "report": report, "robot": robot, "explore_offset": i,
-             "seed": int(a["seed"]) + i},
+             "seed": int(a["seed"]) + i, "batch": int(a["batch"])},
             _robot_io(a) + to_fleet, namespace=robot)]
     return nodes + [
         NodeSpec("data_node", "data_node", {"task": a["task"], "bag_dir": f"{out}/bag",
@@ -166,7 +179,7 @@ def train_graph(args: dict[str, str]) -> list[NodeSpec]:
         NodeSpec("trainer_node", "trainer_node",
                  {"task": a["task"], "config": a["config"], "out": out, "seed": int(a["seed"]),
                   "steps": int(a["steps"]), "target_return": float(a["target_return"]), "init": a["init"],
-                  "keep_init_data": _flag(a, "keep_init_data")}, ends_graph=True),
+                  "keep_init_data": _flag(a, "keep_init_data"), "device": _device(a)}, ends_graph=True),
     ]
 
 

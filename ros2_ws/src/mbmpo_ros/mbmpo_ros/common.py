@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import array
 import json
 import os
 import signal
@@ -19,10 +20,32 @@ from rclpy.executors import Executor, ExternalShutdownException, MultiThreadedEx
 from rclpy.node import Node
 from rclpy.signals import SignalHandlerOptions
 
+from mbmpo.deploy.transitions import TransitionBatch
 from mbmpo.errors import UserError
 
 # what a user can fix: bad parameter values or types, unknown tasks, malformed YAML
 CONFIGURATION_ERRORS = (ValueError, UserError, ParameterException)
+
+
+_DTYPES = {"f": "float32", "q": "int64", "Q": "uint64", "I": "uint32"}  # array.array typecode -> numpy dtype
+
+
+def _column(typecode: str, values: Any) -> array.array:
+    """A numpy column as the array.array an rclpy sequence field takes without checking each value."""
+    column = array.array(typecode)
+    column.frombytes(values.astype(_DTYPES[typecode]).tobytes())
+    return column
+
+
+def fill_batch(msg: Any, batch: TransitionBatch) -> Any:
+    """`msg` (mbmpo_interfaces/TransitionBatch) holding `batch`; returns it."""
+    msg.robot, msg.policy_id = batch.robot, list(batch.policy_id)
+    msg.stamp_ns, msg.episode_id, msg.step = (_column("q", batch.stamp_ns), _column("Q", batch.episode_id),
+                                              _column("I", batch.step))
+    msg.obs, msg.action, msg.next_obs, msg.reward = (_column("f", batch.obs), _column("f", batch.action),
+                                                     _column("f", batch.next_obs), _column("f", batch.reward))
+    msg.terminated, msg.truncated = batch.terminated.tolist(), batch.truncated.tolist()
+    return msg
 
 
 def declare(node: Node, name: str, default: Any, description: str) -> Any:

@@ -1,6 +1,7 @@
 """data_node: validates every transition and records it into a crash-safe rosbag2 MCAP bag.
 
-In: `transitions` (mbmpo_interfaces/Transition). Out: `~/segments` (std_msgs/String, JSON
+In: `transitions` (mbmpo_interfaces/Transition) and `transition_batches` (mbmpo_interfaces/TransitionBatch, many
+transitions a message: what fleets and fast robots send). Out: `~/segments` (std_msgs/String, JSON
 {"bag", "segment", "count", "total"} each time a segment is closed, which tells the trainer what is new),
 `~/status` (JSON counters). Malformed transitions are rejected with a logged, counted reason. A crash
 loses at most the last `flush_period` seconds. An unwritable bag folder is a clear error at start (exit
@@ -20,12 +21,16 @@ from rclpy.serialization import serialize_message
 from std_msgs.msg import String
 
 from mbmpo.deploy.bag import SegmentedBagWriter
-from mbmpo.deploy.transitions import TransitionRecord, TransitionValidator
+from mbmpo.deploy.transitions import TransitionBatch, TransitionRecord, TransitionValidator
 from mbmpo_interfaces.msg import Transition
-from mbmpo_ros.common import declare, run_node, write_report
+from mbmpo_interfaces.msg import TransitionBatch as TransitionBatchMsg
+from mbmpo_ros.common import declare, fill_batch, run_node, write_report
 
 TOPIC = "/transitions"
 MSGTYPE = "mbmpo_interfaces/msg/Transition"
+BATCH_TOPIC = "/transition_batches"
+BATCH_MSGTYPE = "mbmpo_interfaces/msg/TransitionBatch"
+TRANSITION_QOS = QoSProfile(depth=10_000, reliability=ReliabilityPolicy.RELIABLE)
 
 DRAIN_S = 10.0  # at most this long after a stop signal to take what the policy nodes still send
 
@@ -47,6 +52,7 @@ class DataNode(Node):
             raise ValueError("set task, or obs_dim and act_dim")
         try:
             self.writer = SegmentedBagWriter(bag_dir, TOPIC, MSGTYPE)
+            self.writer.add_topic(BATCH_TOPIC, BATCH_MSGTYPE)
         except OSError as err:
             raise ValueError(f"cannot record into {bag_dir}: {err.strerror or err}") from None
         self.validator = TransitionValidator(obs_dim, act_dim)
@@ -57,11 +63,11 @@ class DataNode(Node):
         self.failed: str | None = None
         self.seg_pub = self.create_publisher(String, "~/segments", QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
         self.status_pub = self.create_publisher(String, "~/status", 10)
-        self.subscription = self.create_subscription(Transition, "transitions", self.on_transition,
-                                 QoSProfile(depth=10_000, reliability=ReliabilityPolicy.RELIABLE))
+        self.subscription = self.create_subscription(Transition, "transitions", self.on_transition, TRANSITION_QOS)
+        self.batches = self.create_subscription(TransitionBatchMsg, "transition_batches", self.on_batch, TRANSITION_QOS)
         self.create_timer(flush_period, self.flush)
         self.create_timer(1.0, self.publish_status)
-        self.get_logger().info(f"recording into {bag_dir} ({self.writer.message_count} transitions already there)")
+        self.get_logger().info(f"recording into {bag_dir} ({self.writer.transitions} transitions already there)")
 
     def on_transition(self, msg: Transition) -> None:
         """Validate, then append to the open segment; accepted = durable + pending + lost at all times."""
@@ -70,15 +76,38 @@ class DataNode(Node):
         if reason is not None:
             self.get_logger().warning(f"transition rejected ({reason})", throttle_duration_sec=1.0)
             return
-        self.accepted += 1
-        self.by_robot[record.robot] = self.by_robot.get(record.robot, 0) + 1
+        self.record(serialize_message(msg), record.stamp_ns, TOPIC, 1, record.robot)
+
+    def on_batch(self, msg: TransitionBatchMsg) -> None:
+        """Validate every row; the valid ones are recorded as one message (the message itself when all are)."""
+        try:
+            batch = TransitionBatch.from_msg(msg)
+        except ValueError as err:
+            self.validator.reject(str(err), len(msg.step))
+            self.get_logger().warning(f"transition batch rejected ({err})", throttle_duration_sec=1.0)
+            return
+        if not len(batch):
+            return
+        keep, reason = self.validator.check_batch(batch)
+        if reason is not None:
+            self.get_logger().warning(f"transition rejected ({reason})", throttle_duration_sec=1.0)
+            if not keep.any():
+                return
+            batch = batch.rows(keep)
+            msg = fill_batch(TransitionBatchMsg(), batch)
+        self.record(serialize_message(msg), int(batch.stamp_ns[0]), BATCH_TOPIC, len(batch), batch.robot)
+
+    def record(self, raw: bytes, stamp_ns: int, topic: str, count: int, robot: str) -> None:
+        """Append `count` accepted transitions (one message) to the open segment."""
+        self.accepted += count
+        self.by_robot[robot] = self.by_robot.get(robot, 0) + count
         if self.failed:
-            self.lost += 1
+            self.lost += count
             return
         try:
-            self.writer.write(serialize_message(msg), record.stamp_ns)
+            self.writer.write(raw, stamp_ns, topic, count)
         except OSError as err:
-            self.lost += 1
+            self.lost += count
             self.stop_recording(err)
 
     def flush(self) -> None:
@@ -91,7 +120,7 @@ class DataNode(Node):
             self.stop_recording(err)
             return
         if segment is not None:
-            info = {"bag": str(self.bag_dir), "segment": segment, "count": count, "total": self.writer.message_count}
+            info = {"bag": str(self.bag_dir), "segment": segment, "count": count, "total": self.writer.transitions}
             self.seg_pub.publish(String(data=json.dumps(info)))
 
     def stop_recording(self, err: OSError) -> None:
@@ -99,12 +128,12 @@ class DataNode(Node):
         self.failed = f"{err.strerror or err}"
         self.lost += self.writer.pending
         self.get_logger().error(f"recording stopped: cannot write to {self.bag_dir}: {self.failed}; "
-                                f"{self.writer.message_count} transitions already on disk are intact, "
+                                f"{self.writer.transitions} transitions already on disk are intact, "
                                 f"{self.writer.pending} in the open segment are lost; free space and restart "
                                 f"the node to append")
 
     def publish_status(self) -> None:
-        status = {"accepted": self.accepted, "durable": self.writer.message_count,
+        status = {"accepted": self.accepted, "durable": self.writer.transitions,
                   "pending": 0 if self.failed else self.writer.pending,
                   "rejected": dict(self.validator.rejected), "segments": len(self.writer.segments),
                   "lost": self.lost, "missing_steps": self.validator.missing, "error": self.failed,
@@ -120,13 +149,13 @@ class DataNode(Node):
         # or after DRAIN_S (below launch's SIGTERM escalation). Before, a 3 s drain lost the tail of the
         # stream in 2 of 5 launch shutdowns on a loaded machine although every transition was acknowledged.
         end, count, quiet_since = time.monotonic() + DRAIN_S, -1, time.monotonic()
-        topic = self.subscription.topic_name
+        topics = (self.subscription.topic_name, self.batches.topic_name)
         try:
             while self.executor is not None and time.monotonic() < end:  # drain the subscription queue
                 self.executor.spin_once(timeout_sec=0.05)
                 if self.accepted != count:
                     count, quiet_since = self.accepted, time.monotonic()
-                elif time.monotonic() - quiet_since > (1.0 if self.count_publishers(topic) else 0.3):
+                elif time.monotonic() - quiet_since > (1.0 if any(map(self.count_publishers, topics)) else 0.3):
                     break
         except BaseException as err:  # noqa: BLE001 - stop draining, never skip the flush below
             print(f"data_node: draining stopped early ({type(err).__name__}: {err})", file=sys.stderr, flush=True)
@@ -135,7 +164,7 @@ class DataNode(Node):
                 self.flush()
             except Exception as err:  # the bag flush itself succeeded or set self.failed; a notice may not go out
                 print(f"data_node: segment notice not sent ({type(err).__name__}: {err})", file=sys.stderr)
-        write_report("data_node", {"accepted": self.accepted, "durable": self.writer.message_count,
+        write_report("data_node", {"accepted": self.accepted, "durable": self.writer.transitions,
                                    "rejected": dict(self.validator.rejected), "lost": self.lost,
                                    "missing_steps": self.validator.missing, "error": self.failed,
                                    "robots": dict(self.by_robot)}, self.report)

@@ -2,7 +2,9 @@
 
 In: `joint_states` (sensor_msgs/JointState), `policy_bundle` (mbmpo_interfaces/PolicyBundle, from the
 trainer). Out: `commands` (std_msgs/Float64MultiArray), `transitions` (mbmpo_interfaces/Transition, every
-step, for the data node), `~/status` (std_msgs/String, JSON counters once a second).
+step, for the data node; with `batch` > 1 `transition_batches`, mbmpo_interfaces/TransitionBatch, at each
+episode end, every `batch` steps and at least every 0.2 s), `~/status` (std_msgs/String, JSON counters once a
+second).
 
 The controller holds every decision (episodes, explore/deploy, safe commands, faults); this node declares
 parameters, wires topics and timers, and hands work over. Concurrency: one mutually exclusive callback
@@ -30,15 +32,19 @@ from std_msgs.msg import Float64MultiArray, String
 from std_srvs.srv import Trigger
 
 from mbmpo.deploy.controller import Controller, ControllerSettings, Decision, ReceivedBundle
+from mbmpo.deploy.transitions import TransitionBatch, TransitionRecord
 from mbmpo.deploy.worker import Worker
 from mbmpo.runtime import BundleError
 from mbmpo_interfaces.msg import PolicyBundle, Transition
-from mbmpo_ros.common import declare, run_node, write_report
+from mbmpo_interfaces.msg import TransitionBatch as TransitionBatchMsg
+from mbmpo_ros.common import declare, fill_batch, run_node, write_report
 
 BUNDLE_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 # 10 s at 1 kHz: a reliable KEEP_LAST history overwrites what the data node has not taken yet (a stalled
 # flush on a loaded machine lost 499 of 13,315 at depth 1,000); a few MB at most
 TRANSITION_QOS = QoSProfile(depth=10_000, reliability=ReliabilityPolicy.RELIABLE)
+BATCH_QOS = QoSProfile(depth=1_000, reliability=ReliabilityPolicy.RELIABLE)  # >= 10 s of batches as well
+BATCH_PERIOD_S = 0.2  # a batch waits at most this long for more transitions
 
 
 class PolicyNode(Node):
@@ -74,6 +80,10 @@ class PolicyNode(Node):
         task = declare(self, "task", "", "task whose reward code received bundles may carry ('' = only the "
                        "start bundle's reward.py)")
         self.report = declare(self, "report", "", "file for the final counters as JSON ('' = none)")
+        self.batch = declare(self, "batch", 1, "transitions a message: 1 sends a Transition each step; N > 1 sends "
+                             "TransitionBatch messages of up to N (fast robots and fleets)")
+        if self.batch < 1:
+            raise ValueError(f"batch {self.batch} must be at least 1")
         self.bundle_root = Path(declare(self, "bundle_dir", "", "where received bundles are unpacked") or
                                 tempfile.mkdtemp(prefix="mbmpo_policy_"))
 
@@ -84,7 +94,11 @@ class PolicyNode(Node):
         self.controller = Controller(settings, Worker(notify=self.work_ready.trigger), log=self.log,
                                      clock_ns=lambda: self.get_clock().now().nanoseconds)
         self.cmd_pub = self.create_publisher(Float64MultiArray, "commands", 10)
-        self.tr_pub = self.create_publisher(Transition, "transitions", TRANSITION_QOS)
+        self.tr_pub = (self.create_publisher(Transition, "transitions", TRANSITION_QOS) if self.batch == 1 else
+                       self.create_publisher(TransitionBatchMsg, "transition_batches", BATCH_QOS))
+        self.unsent: list[TransitionRecord] = []  # batch > 1: transitions of the next batch
+        if self.batch > 1:
+            self.create_timer(BATCH_PERIOD_S, self.guarded(self.send_batch), callback_group=control)
         self.status_pub = self.create_publisher(String, "~/status", 10)
         self.create_subscription(JointState, "joint_states", self.guarded(self.on_state), 10, callback_group=control)
         self.create_subscription(PolicyBundle, "policy_bundle", self.guarded(self.on_bundle), BUNDLE_QOS,
@@ -229,12 +243,22 @@ class PolicyNode(Node):
     def publish_transition(self, decision: Decision) -> None:
         t = decision.transition
         assert t is not None
+        if self.batch > 1:
+            self.unsent.append(t)
+            if len(self.unsent) >= self.batch or t.terminated or t.truncated:
+                self.send_batch()
+            return
         msg = Transition()
         msg.stamp.sec, msg.stamp.nanosec = divmod(t.stamp_ns, 1_000_000_000)
         msg.episode_id, msg.step, msg.policy_id = t.episode_id, t.step, t.policy_id
         msg.obs, msg.action, msg.next_obs = t.obs.tolist(), t.action.tolist(), t.next_obs.tolist()
         msg.reward, msg.terminated, msg.truncated, msg.robot = t.reward, t.terminated, t.truncated, t.robot
         self.tr_pub.publish(msg)
+
+    def send_batch(self) -> None:
+        if self.unsent:
+            batch, self.unsent = TransitionBatch.from_records(self.unsent), []
+            self.tr_pub.publish(fill_batch(TransitionBatchMsg(), batch))
 
     def publish_command(self, action: object) -> None:
         if action is None:
@@ -248,7 +272,9 @@ class PolicyNode(Node):
         self.status_pub.publish(String(data=json.dumps(self.controller.status())))
 
     def close(self) -> None:
-        """Wait (up to 5 s) until the data node has every transition, then report the final counters."""
+        """Send what waits for a batch, wait (up to 5 s) until the data node has every transition, then report
+        the final counters."""
+        self.send_batch()
         acked = self.tr_pub.wait_for_all_acked(Duration(seconds=5.0))
         c = self.controller
         status = c.status()

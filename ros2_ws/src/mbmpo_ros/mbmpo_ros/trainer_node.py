@@ -29,7 +29,7 @@ from std_msgs.msg import String
 from mbmpo.config import Config, choose_config, load_config
 from mbmpo.deploy.bag import load_metadata, read_messages
 from mbmpo.deploy.intake import Intake
-from mbmpo.deploy.transitions import TransitionRecord, assemble_episodes
+from mbmpo.deploy.transitions import assemble_episodes, records_from_msg
 from mbmpo.errors import Abandoned
 from mbmpo.export.bundle import export_policy
 from mbmpo.policy.gaussian import stack_params
@@ -59,6 +59,8 @@ class TrainerNode(Node):
         init = declare(self, "init", "", "fine-tune: a finished run to start from ('' = from scratch)")
         keep_init_data = declare(self, "keep_init_data", False, "with init: also train on that run's transitions")
         threads = declare(self, "threads", 1, "torch CPU threads; 1 leaves cores to the robot-side nodes")
+        device = declare(self, "device", "", "torch device of the fit and meta-optimisation: cpu | cuda | cuda:N | "
+                                            "auto ('' = the config's)")
         torch.set_num_threads(max(1, threads))
         self.task = get_task(task_name)
         if init and not config:
@@ -70,7 +72,7 @@ class TrainerNode(Node):
         self.get_logger().info(f"{self.task.name}: {chosen}")
         resume = (self.out / CHECKPOINT).exists() or (self.out / "data.npz").exists()
         self.trainer = Trainer(self.task, cfg, self.out, seed, resume=resume, init=Path(init) if init else None,
-                               keep_init_data=keep_init_data)
+                               keep_init_data=keep_init_data, device=device or None)
         self.trainer.should_stop = lambda: self.stopping  # a stop abandons the iteration between steps
         self.cfg = self.trainer.cfg
         self.episodes_per_iteration = self.trainer.n_tasks * self.cfg.collect.rollouts_per_task
@@ -108,7 +110,7 @@ class TrainerNode(Node):
             new = [s for s in listed if not self.intake.known(s)]
         for segment in new:
             try:
-                records = [TransitionRecord.from_msg(m) for _, m in read_messages(self.bag_dir, [segment])]
+                records = [r for _, m in read_messages(self.bag_dir, [segment]) for r in records_from_msg(m)]
             except Exception as err:  # an unreadable file must not stop training on the rest
                 self.get_logger().error(f"cannot read {self.bag_dir / segment}: {err}")
                 continue
