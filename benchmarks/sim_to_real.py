@@ -37,19 +37,27 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--episodes", type=int, default=5)
     parser.add_argument("--adapt-episodes", type=int, default=4)
+    parser.add_argument("--adapt-kl", type=float, help="scale the step to this KL (default: the bundle's step)")
+    parser.add_argument("--shifts", nargs="+", choices=list(PERTURBATIONS), default=list(PERTURBATIONS),
+                        help="dynamics to evaluate (nominal is always kept: recoveries are relative to it)")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--record", action="store_true")
     parser.add_argument("--plot", type=Path, help="plot file (default: benchmarks/plots/<task>_sim_to_real.png)")
     args = parser.parse_args(argv)
+    if args.record and len(args.shifts) != len(PERTURBATIONS):
+        parser.error("--record needs every shift (the recorded recovery is the mean over the four)")
     task = get_task(args.task)
     rows = []
     print("| dynamics | return before adaptation | after one step | change | KL(pre||post), accepted steps | refused |")
     print("|---|---|---|---|---|---|")
     for label, perturb in PERTURBATIONS.items():
+        if label != "nominal" and label not in args.shifts:
+            continue
         pre, post, kls, refused = [], [], [], 0
         for bundle in args.policy:
             for seed in range(args.seeds):
-                r = evaluate_bundle(bundle, task, args.episodes, True, perturb, args.adapt_episodes, seed=1000 * seed)
+                r = evaluate_bundle(bundle, task, args.episodes, True, perturb, args.adapt_episodes, seed=1000 * seed,
+                                    adapt_kl=args.adapt_kl)
                 pre.append(r["return_pre_mean"])
                 post.append(r["return_adapted_mean"])
                 kls.append(r.get("adapt_kl", float("nan")))

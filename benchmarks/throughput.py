@@ -257,12 +257,12 @@ def bench_iterations(rec: Recorder, s: Settings, meta_steps: int | None) -> None
         for i in (1, 2):
             row = trainer.iterate()
             for key in ("t_collect", "t_fit", "t_meta", "t_eval"):
-                rec.add(f"halfcheetah_iteration{i}_{key}_s", float(row[key]), "s")
-            rec.add(f"halfcheetah_iteration{i}_model_epochs", float(row["model_epochs"]), "epochs")
-            rec.add(f"halfcheetah_iteration{i}_real_steps", float(row["real_steps"]), "steps")
+                rec.add(f"halfcheetah_iteration{i}_{key}_s", float(getattr(row, key)), "s")
+            rec.add(f"halfcheetah_iteration{i}_model_epochs", float(row.model_epochs), "epochs")
+            rec.add(f"halfcheetah_iteration{i}_real_steps", float(row.real_steps), "steps")
             # the phase is k outer steps (meta-batch + TRPO) plus one final meta-batch; scaling counts that
             # final batch as one more step, which slightly overstates it (it has no TRPO step)
-            k, t_meta = cfg.meta.meta_steps, float(row["t_meta"])
+            k, t_meta = cfg.meta.meta_steps, float(row.t_meta)
             rec.add(f"halfcheetah_iteration{i}_t_meta_per_outer_step_s", t_meta / (k + 1), "s")
             if k != paper_steps:
                 rec.add(f"halfcheetah_iteration{i}_t_meta_scaled_to_{paper_steps}_steps_s",

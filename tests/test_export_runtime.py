@@ -184,6 +184,50 @@ def test_adaptation_returns_new_policy_or_refuses(bundle: Path) -> None:
     assert all(np.array_equal(before[k], policy.params[k]) for k in before)  # the old policy is untouched
 
 
+def _episodes(seed: int) -> list:
+    rng = np.random.default_rng(seed)
+    return [(rng.standard_normal((41, 17)).astype(np.float32), rng.uniform(-1, 1, (40, 6)).astype(np.float32))
+            for _ in range(3)]
+
+
+def test_a_kl_normalised_step_moves_the_policy_by_its_kl(bundle: Path, tmp_path: Path) -> None:
+    """A bundle trained with `inner_kl` (manifest `adapt_kl`) adapts by that KL at runtime, whatever alpha."""
+    pdir = _copy(bundle, tmp_path)
+    manifest = json.loads((pdir / "manifest.json").read_text())
+    for target, alpha in ((0.02, 1e-4), (0.02, 0.05), (0.002, 0.01)):
+        manifest.update(adapt_kl=target, alpha=alpha)
+        (pdir / "manifest.json").write_text(json.dumps(manifest))
+        adapted = load(pdir).adapt(_episodes(0))
+        assert adapted.kl_from_parent == pytest.approx(target, rel=0.15), (target, alpha)
+    assert load(pdir).adapt(_episodes(0), alpha=1e-4).kl_from_parent < 0.002  # an explicit alpha is kept
+
+
+def test_learned_step_sizes_travel_in_the_bundle(bundle: Path, tmp_path: Path) -> None:
+    """Per-parameter step sizes learned in training (`learn_inner_lr`) are exported and used at runtime: the
+    runtime's step equals the library's inner step with those sizes."""
+    from mbmpo.export.bundle import export_policy
+    from mbmpo.meta.inner import STEP_PREFIX
+    from mbmpo.tasks import get_task
+
+    ckpt = _ckpt(bundle)
+    rng = torch.Generator().manual_seed(0)
+    params = {**ckpt["params"], **{STEP_PREFIX + k: torch.log(torch.rand(v.shape, generator=rng) * 0.01 + 1e-4)
+                                   for k, v in ckpt["params"].items()}}
+    export_policy(params, ckpt["adapted"], get_task("HalfCheetah-v5"), ckpt["config"]["meta"], 1, 100, tmp_path / "b")
+    policy = load(tmp_path / "b")
+    assert set(policy.bundle.step_sizes) == set(policy.manifest["param_names"])
+    episodes = _episodes(1)
+    adapted = policy.adapt([(o, a) for o, a in episodes], max_kl=10.0)
+    obs = torch.as_tensor(np.stack([o[:-1] for o, _ in episodes]))[None]
+    act = torch.as_tensor(np.stack([a for _, a in episodes]))[None]
+    rew = np.stack([policy.bundle.reward_fn(o[:-1], a, o[1:]) for o, a in episodes]).astype(np.float32)
+    adv = torch.as_tensor(policy.advantages([(o[:-1], a, r) for (o, a), r in zip(episodes, rew)]))[None]
+    ref = torch_adapt(params, obs, act, adv, torch.ones(1, 3, 40), 123.0, create_graph=False)  # 123: unused
+    for k in policy.manifest["param_names"]:
+        step, r = adapted.params[k] - policy.params[k], ref[k][0].detach().numpy() - params[k].numpy()
+        assert np.abs(step - r).max() <= 1e-3 * np.abs(r).max() + 1e-7, k
+
+
 def test_eval_through_runtime_with_perturbation(bundle: Path, capsys: pytest.CaptureFixture) -> None:
     capsys.readouterr()
     assert main(["eval", "--policy", str(bundle), "--task", "HalfCheetah-v5", "--episodes", "1", "--adapt",

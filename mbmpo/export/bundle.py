@@ -3,10 +3,12 @@
     PDIR/policy.onnx     obs B x D -> action_mean B x A, action_log_std A, with the meta-parameters as
                          initialisers (the runtime overrides them per session for other parameter sets)
     PDIR/adapt.onnx      the one-step adaptation (params, obs, act, adv, alpha) -> adapted params
-    PDIR/params.npz      meta-parameters and the K x m adapted parameter sets of the last iteration
+    PDIR/params.npz      meta-parameters, the K x m adapted parameter sets of the last iteration, and the
+                         learned inner step sizes (step/<name>) when training learned them
     PDIR/reward.py       the task's reward/termination functions (numpy-compatible source)
-    PDIR/manifest.json   the contract: sizes, joint order, limits, control period, alpha, advantage
-                         settings, versions, and the sha256 of every other file
+    PDIR/manifest.json   the contract: sizes, joint order, limits, control period, the inner step (alpha, or
+                         adapt_kl for training's KL-normalised step), advantage settings, versions, and the
+                         sha256 of every other file
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch
 
 from mbmpo.errors import UserError
 from mbmpo.export.graphs import AdaptGraph, PolicyGraph, param_names
+from mbmpo.meta.inner import STEP_PREFIX
 from mbmpo.policy.gaussian import Params, n_layers
 from mbmpo.runtime.format import FILES, FORMAT, function_source, sha256
 from mbmpo.tasks.base import TaskSpec
@@ -90,6 +93,7 @@ def export_policy(params: Params, adapted: Params, task: TaskSpec, meta_cfg: dic
 
     arrays = {f"meta/{k}": params[k].numpy() for k in names}
     arrays.update({f"explore/{k}": adapted[k].numpy() for k in names})
+    arrays.update({f"step/{k}": torch.exp(params[STEP_PREFIX + k]).numpy() for k in names if STEP_PREFIX + k in params})
     np.savez(out_dir / "params.npz", **arrays)  # type: ignore[arg-type]  # numpy's stub types the first kwarg
 
     reward_file, reward_fn = function_source(task.reward_ref)
@@ -121,7 +125,8 @@ def export_policy(params: Params, adapted: Params, task: TaskSpec, meta_cfg: dic
         "obs_normalization": {"mean": [0.0] * task.obs_dim, "std": [1.0] * task.obs_dim},
         "param_names": names,
         "n_explore": int(adapted["w0"].shape[0]),
-        "alpha": float(meta_cfg["inner_lr"]),
+        "alpha": float(meta_cfg["inner_lr"]),  # the runtime's step: learned sizes in params.npz (step/) if there,
+        "adapt_kl": float(meta_cfg.get("inner_kl", 0.0)),  # else scaled to this KL if > 0, else alpha
         "gamma": float(meta_cfg["discount"]),
         "gae_lambda": float(meta_cfg["gae_lambda"]),
         "normalize_advantages": bool(meta_cfg["normalize_advantages"]),

@@ -33,6 +33,7 @@ class Bundle:
     explore_params: dict[str, np.ndarray]  # each K x ...
     reward_fn: Callable[..., Any]
     termination_fn: Callable[..., Any] | None
+    step_sizes: dict[str, np.ndarray] = field(default_factory=dict)  # learned inner step sizes (alpha per parameter)
     explore_cache: dict[int, Any] = field(default_factory=dict)  # k -> the runtime's Policy, built once
 
     @property
@@ -100,7 +101,8 @@ def load_bundle(path: str | Path) -> Bundle:
     with np.load(path / "params.npz", allow_pickle=False) as data:
         meta = {k: data[f"meta/{k}"] for k in manifest["param_names"]}
         explore = {k: data[f"explore/{k}"] for k in manifest["param_names"]}
-    for label, params in (("meta", meta), ("explore", explore)):
+        steps = {k: data[f"step/{k}"] for k in manifest["param_names"] if f"step/{k}" in data}
+    for label, params in (("meta", meta), ("explore", explore), ("step size", steps)):
         bad = [k for k, v in params.items() if not np.isfinite(v).all()]
         if bad:
             raise BundleError(f"{path}/params.npz: non-finite {label} parameters {bad}")
@@ -116,7 +118,7 @@ def load_bundle(path: str | Path) -> Bundle:
     term = manifest.get("termination")
     termination = _load_function(path / "reward.py", term["function"]) if term else None
     return Bundle(path, manifest, policy_session, policy_bytes, _session(path / "adapt.onnx"), meta, explore, reward,
-                  termination)
+                  termination, steps)
 
 
 def policy_session(bundle: Bundle, params: dict[str, np.ndarray]) -> ort.InferenceSession:

@@ -27,6 +27,15 @@ def gaussian_kl(mean_p: np.ndarray, log_std_p: np.ndarray, mean_q: np.ndarray, l
     return (log_std_q - log_std_p + (var_p + (mean_p - mean_q) ** 2) / (2 * var_q) - 0.5).sum(-1)
 
 
+def kl_scaled_step(trial: float, kl_at_trial: float, target: float) -> float:
+    """The step size that moves the policy by KL `target`, from the KL a `trial` step size gave: KL grows
+    like the square of the step for small steps (KL ~ a^2 g'Fg / 2), as training's KL-normalised inner step
+    assumes. A zero or non-finite trial KL (no gradient) keeps the trial size."""
+    if not np.isfinite(kl_at_trial) or kl_at_trial <= 0.0:
+        return trial
+    return trial * float(np.sqrt(target / kl_at_trial))
+
+
 class Policy:
     """One parameter set of a bundle (the meta-policy, an exploration policy, or an adapted one)."""
 
@@ -101,8 +110,9 @@ class Policy:
         return advantages(obs, rew, mask, m["gamma"], m["gae_lambda"], m["normalize_advantages"])
 
     def adapt(self, episodes: Sequence[tuple[np.ndarray, ...]], alpha: float | None = None,
-              max_kl: float | None = None) -> Policy:
-        """ONE policy-gradient step from real episodes; returns a NEW policy.
+              max_kl: float | None = None, kl: float | None = None) -> Policy:
+        """ONE policy-gradient step from real episodes; returns a NEW policy. Its size is training's (`_step`)
+        unless `alpha` is given, or `kl` (the step scaled to that KL(pre || post)).
 
         episodes: each (obs (L+1) x D, act L x A) with rewards computed by the bundle's reward function,
         or (obs (L+1) x D, act L x A, rew L). Raises `AdaptationRefused` when the result is non-finite
@@ -125,14 +135,13 @@ class Policy:
         obs_b = np.concatenate([o for o, _, _ in prepared])
         act_b = np.concatenate([a for _, a, _ in prepared])
         adv_b = np.concatenate([adv[i, :len(r)] for i, (_, _, r) in enumerate(prepared)]).astype(np.float32)
-        alpha = self.manifest["alpha"] if alpha is None else alpha
-        feed = {**self.params, "obs": obs_b, "act": act_b, "adv": adv_b, "alpha": np.asarray(alpha, np.float32)}
-        outputs = self.bundle.adapt_session.run(None, feed)
-        new_params = dict(zip(self.manifest["param_names"], outputs))
-        bad = [k for k, v in new_params.items() if not np.isfinite(v).all()]
+        feed = {**self.params, "obs": obs_b, "act": act_b, "adv": adv_b, "alpha": np.asarray(1.0, np.float32)}
+        unit = dict(zip(self.manifest["param_names"], self.bundle.adapt_session.run(None, feed)))
+        grad = {k: self.params[k] - unit[k] for k in unit}  # theta - 1 * g: the step's direction g
+        bad = [k for k, v in grad.items() if not np.isfinite(v).all()]
         if bad:
             raise AdaptationRefused(f"adapted parameters {bad} are not finite; keeping '{self.name}'")
-        adapted = Policy(self.bundle, new_params, f"{self.name}+adapted")
+        adapted = Policy(self.bundle, self._step(grad, obs_b, alpha, kl), f"{self.name}+adapted")
         with np.errstate(all="ignore"):
             kl = self.kl_to(adapted, obs_b)
         if not np.isfinite(kl):
@@ -142,6 +151,27 @@ class Policy:
             raise AdaptationRefused(f"adaptation moved the policy by KL {kl:.4g} > bound {bound}; keeping '{self.name}'")
         adapted.kl_from_parent = kl
         return adapted
+
+    def _step(self, grad: dict[str, np.ndarray], obs: np.ndarray, alpha: float | None,
+              kl: float | None = None) -> dict[str, np.ndarray]:
+        """theta - alpha (.) g: `alpha` when given, else the step scaled to KL(pre || post) = `kl` on `obs`
+        B x D when given; else the step size training used: the learned step sizes (per parameter), else the
+        step scaled to the manifest's `adapt_kl`, else its fixed `alpha`."""
+        m = self.manifest
+        if alpha is None and kl is None and self.bundle.step_sizes:
+            return {k: self.params[k] - self.bundle.step_sizes[k] * g for k, g in grad.items()}
+        size = m["alpha"] if alpha is None else alpha
+        target = float(m.get("adapt_kl", 0.0) if kl is None else kl)
+        if alpha is None and target > 0.0:
+            # a first trial that changes no parameter by more than 0.01 (a KL well above float32 noise, mostly
+            # inside the quadratic range), then one correction from the size it suggests
+            largest = max(float(np.abs(g).max()) for g in grad.values())
+            size = 0.01 / largest if largest > 0.0 else 0.0
+            for _ in range(2):
+                trial = Policy(self.bundle, {k: self.params[k] - np.float32(size) * g for k, g in grad.items()}, "trial")
+                with np.errstate(all="ignore"):
+                    size = kl_scaled_step(size, self.kl_to(trial, obs), target)
+        return {k: self.params[k] - np.float32(size) * g for k, g in grad.items()}
 
     def kl_to(self, other: Policy, obs: np.ndarray) -> float:
         """Mean KL(self || other) over states obs B x D."""

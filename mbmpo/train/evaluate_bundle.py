@@ -38,9 +38,10 @@ def check_contract(policy: Policy, task: TaskSpec) -> None:
 
 
 def evaluate_bundle(pdir: Path, task: TaskSpec, episodes: int, adapt: bool, perturb: dict[str, float],
-                    adapt_episodes: int = 4, seed: int = 12345) -> dict[str, Any]:
+                    adapt_episodes: int = 4, seed: int = 12345, adapt_kl: float | None = None) -> dict[str, Any]:
     """Returns before (meta-policy, `return_pre_*`) and, with `adapt`, after ONE adaptation step from fresh
-    real episodes (`return_adapted_*`; `return_post` names the model-adapted policies of training)."""
+    real episodes (`return_adapted_*`; `return_post` names the model-adapted policies of training). The step
+    is the bundle's (training's step size) unless `adapt_kl` scales it to that KL."""
     if episodes < 1:
         raise UserError("--episodes must be >= 1")
     try:
@@ -58,7 +59,7 @@ def evaluate_bundle(pdir: Path, task: TaskSpec, episodes: int, adapt: bool, pert
     if adapt:
         fresh = [runtime_episode(policy, env, seed + 1000 + i, task.horizon, False, rng) for i in range(adapt_episodes)]
         try:
-            adapted = policy.adapt([(o, a) for o, a, _ in fresh])
+            adapted = policy.adapt([(o, a) for o, a, _ in fresh], kl=adapt_kl)
             result["adapt_kl"] = adapted.kl_from_parent
         except AdaptationRefused as err:
             adapted, result["adapt_refused"] = policy, str(err)
