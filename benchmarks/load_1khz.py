@@ -119,7 +119,7 @@ def run(seconds: float, bundle: Path | None = None, rate_hz: float = 1000.0, dom
 
     p_final = read_report(work / "policy_node.json")
     d_final = read_report(work / "data_node.json")
-    in_bag = sum(1 for _ in read_messages(work / "bag")) if (work / "bag" / "metadata.yaml").is_file() else 0
+    in_bag = sum(1 for _ in read_messages(work / "bag"))
     pol = live.get("policy_node", {})
     actions = p_final.get("transitions", 0) + p_final.get("episodes", 0)
     return {

@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--episodes", type=int, default=5)
     parser.add_argument("--adapt-episodes", type=int, default=4)
     parser.add_argument("--adapt-kl", type=float, help="scale the step to this KL (default: the bundle's step)")
+    parser.add_argument("--adapt-steps", type=int, default=1, help="steps on the same fresh episodes")
     parser.add_argument("--shifts", nargs="+", choices=list(PERTURBATIONS), default=list(PERTURBATIONS),
                         help="dynamics to evaluate (nominal is always kept: recoveries are relative to it)")
     parser.add_argument("--out", type=Path)
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for bundle in args.policy:
             for seed in range(args.seeds):
                 r = evaluate_bundle(bundle, task, args.episodes, True, perturb, args.adapt_episodes, seed=1000 * seed,
-                                    adapt_kl=args.adapt_kl)
+                                    adapt_kl=args.adapt_kl, adapt_steps=args.adapt_steps)
                 pre.append(r["return_pre_mean"])
                 post.append(r["return_adapted_mean"])
                 kls.append(r.get("adapt_kl", float("nan")))

@@ -416,7 +416,7 @@ def test_data_node_on_a_full_disk_reports_stops_recording_and_keeps_what_is_on_d
             if mounted:
                 _fill(mount)
             else:
-                (bag / "metadata.yaml.tmp").symlink_to("/dev/full")
+                (bag / "part_0000" / "metadata.yaml.tmp").symlink_to("/dev/full")
             send(100)
             assert probe.spin_until(lambda: status[-1]["error"] is not None and status[-1]["accepted"] == 200, 15), \
                 status[-1]

@@ -186,15 +186,29 @@ class SegmentedBagWriter:
         self.flush()
 
 
+PART_GLOB = "part_[0-9][0-9][0-9][0-9]"  # a recording in parts: BAG/part_0000, BAG/part_0001, ... (recording.py)
+
+
+def bag_parts(bag_dir: Path) -> list[Path]:
+    """The rosbag2 bags a recording is made of, in order: the folder itself when it is one bag, else its
+    parts that list anything (a part's metadata.yaml is written when its first segment closes)."""
+    bag_dir = Path(bag_dir)
+    if (bag_dir / "metadata.yaml").is_file():
+        return [bag_dir]
+    return sorted(p for p in bag_dir.glob(PART_GLOB) if (p / "metadata.yaml").is_file())
+
+
 def read_messages(bag_dir: Path, segments: list[str] | None = None, typestore: Any | None = None
                   ) -> Iterator[tuple[int, Any]]:
-    """(timestamp ns, deserialised message) of a bag, or of only the named segment files."""
+    """(timestamp ns, deserialised message) of a bag or a recording in parts (`bag_parts`), or of only the
+    named segment files (paths relative to `bag_dir`)."""
     store = typestore or interface_typestore()
     bag_dir = Path(bag_dir)
     if segments is None:
-        with Reader(bag_dir) as reader:
-            for conn, stamp, raw in reader.messages():
-                yield stamp, store.deserialize_cdr(raw, conn.msgtype)
+        for part in bag_parts(bag_dir):
+            with Reader(part) as reader:
+                for conn, stamp, raw in reader.messages():
+                    yield stamp, store.deserialize_cdr(raw, conn.msgtype)
         return
     from mcap.reader import make_reader  # rosbags' own reader needs a whole bag; one file is read directly
 

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import yaml
 
-from mbmpo.deploy.bag import bag_transitions, load_metadata
 from mbmpo.deploy.graph import GRAPHS, NodeSpec
+from mbmpo.deploy.recording import recording_summary
 
 USAGE = "usage: mbmpo-bringup {train|deploy} [name:=value ...]   (names: see launch/<graph>.launch.py)"
 
@@ -176,10 +176,10 @@ def summary(out: Path) -> str:
         lines.append(f"  MuJoCo evaluation: return before adaptation {last.return_pre:.1f}, after "
                      f"{last.return_post:.1f}")
     lines += fleet_lines(out / "reports")
-    bag = out / "bag" / "metadata.yaml"
-    if bag.is_file():
-        info = load_metadata(bag)
-        lines.append(f"  bag: {bag_transitions(info)} transitions in {len(info['relative_file_paths'])} MCAP segments")
+    bag = recording_summary(out / "bag")
+    if bag["parts"]:
+        lines.append(f"  bag: {bag['transitions']} transitions in {bag['segments']} MCAP segments"
+                     + (f" ({bag['parts']} parts)" if bag["parts"] > 1 else ""))
     for name in ("policy/manifest.json", "learning_curve.png"):
         if (out / name).exists():
             lines.append(f"  {out / name}")

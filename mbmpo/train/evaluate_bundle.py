@@ -38,10 +38,12 @@ def check_contract(policy: Policy, task: TaskSpec) -> None:
 
 
 def evaluate_bundle(pdir: Path, task: TaskSpec, episodes: int, adapt: bool, perturb: dict[str, float],
-                    adapt_episodes: int = 4, seed: int = 12345, adapt_kl: float | None = None) -> dict[str, Any]:
+                    adapt_episodes: int = 4, seed: int = 12345, adapt_kl: float | None = None,
+                    adapt_steps: int = 1) -> dict[str, Any]:
     """Returns before (meta-policy, `return_pre_*`) and, with `adapt`, after ONE adaptation step from fresh
     real episodes (`return_adapted_*`; `return_post` names the model-adapted policies of training). The step
-    is the bundle's (training's step size) unless `adapt_kl` scales it to that KL."""
+    is the bundle's (training's step size) unless `adapt_kl` scales it to that KL; `adapt_steps` > 1 takes
+    more steps on the same episodes, each from the last and under the KL bound (`adapt_kl` the total)."""
     if episodes < 1:
         raise UserError("--episodes must be >= 1")
     try:
@@ -59,8 +61,11 @@ def evaluate_bundle(pdir: Path, task: TaskSpec, episodes: int, adapt: bool, pert
     if adapt:
         fresh = [runtime_episode(policy, env, seed + 1000 + i, task.horizon, False, rng) for i in range(adapt_episodes)]
         try:
-            adapted = policy.adapt([(o, a) for o, a, _ in fresh], kl=adapt_kl)
-            result["adapt_kl"] = adapted.kl_from_parent
+            adapted = policy
+            for _ in range(adapt_steps):
+                adapted = adapted.adapt([(o, a) for o, a, _ in fresh], kl=None if adapt_kl is None else
+                                        adapt_kl / adapt_steps ** 2)
+            result["adapt_kl"] = policy.kl_to(adapted, np.concatenate([o[:-1] for o, _, _ in fresh]))
         except AdaptationRefused as err:
             adapted, result["adapt_refused"] = policy, str(err)
         post = [runtime_episode(adapted, env, seed + i, task.horizon, True, rng)[2] for i in range(episodes)]

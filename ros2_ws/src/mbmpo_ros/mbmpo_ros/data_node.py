@@ -1,4 +1,5 @@
-"""data_node: validates every transition and records it into a crash-safe rosbag2 MCAP bag.
+"""data_node: validates every transition and records it into crash-safe rosbag2 MCAP bags (parts of at most
+`segments_per_part` segments, BAG/part_NNNN, each a complete bag).
 
 In: `transitions` (mbmpo_interfaces/Transition) and `transition_batches` (mbmpo_interfaces/TransitionBatch, many
 transitions a message: what fleets and fast robots send). Out: `~/segments` (std_msgs/String, JSON
@@ -20,7 +21,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rclpy.serialization import serialize_message
 from std_msgs.msg import String
 
-from mbmpo.deploy.bag import SegmentedBagWriter
+from mbmpo.deploy.recording import RollingBagWriter
 from mbmpo.deploy.transitions import TransitionBatch, TransitionRecord, TransitionValidator
 from mbmpo_interfaces.msg import Transition
 from mbmpo_interfaces.msg import TransitionBatch as TransitionBatchMsg
@@ -43,6 +44,8 @@ class DataNode(Node):
         obs_dim = declare(self, "obs_dim", 0, "observation size (0: from the task)")
         act_dim = declare(self, "act_dim", 0, "action size (0: from the task)")
         flush_period = declare(self, "flush_period", 1.0, "seconds between durable segment flushes")
+        per_part = declare(self, "segments_per_part", 600, "segments a bag part holds before the next part starts "
+                           "(bounds the metadata rewritten at every flush; mbmpo/deploy/recording.py)")
         if task and not (obs_dim and act_dim):
             from mbmpo.tasks import get_task
 
@@ -51,7 +54,7 @@ class DataNode(Node):
         if not (obs_dim and act_dim):
             raise ValueError("set task, or obs_dim and act_dim")
         try:
-            self.writer = SegmentedBagWriter(bag_dir, TOPIC, MSGTYPE)
+            self.writer = RollingBagWriter(bag_dir, TOPIC, MSGTYPE, per_part)
             self.writer.add_topic(BATCH_TOPIC, BATCH_MSGTYPE)
         except OSError as err:
             raise ValueError(f"cannot record into {bag_dir}: {err.strerror or err}") from None
@@ -135,7 +138,7 @@ class DataNode(Node):
     def publish_status(self) -> None:
         status = {"accepted": self.accepted, "durable": self.writer.transitions,
                   "pending": 0 if self.failed else self.writer.pending,
-                  "rejected": dict(self.validator.rejected), "segments": len(self.writer.segments),
+                  "rejected": dict(self.validator.rejected), "segments": self.writer.segment_count,
                   "lost": self.lost, "missing_steps": self.validator.missing, "error": self.failed,
                   "robots": dict(self.by_robot)}
         self.status_pub.publish(String(data=json.dumps(status)))

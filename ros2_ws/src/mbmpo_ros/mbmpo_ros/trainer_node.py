@@ -27,8 +27,9 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import String
 
 from mbmpo.config import Config, choose_config, load_config
-from mbmpo.deploy.bag import load_metadata, read_messages
+from mbmpo.deploy.bag import read_messages
 from mbmpo.deploy.intake import Intake
+from mbmpo.deploy.recording import RecordingListing
 from mbmpo.deploy.transitions import assemble_episodes, records_from_msg
 from mbmpo.errors import Abandoned
 from mbmpo.export.bundle import export_policy
@@ -56,6 +57,7 @@ class TrainerNode(Node):
         self.steps = declare(self, "steps", 10000, "real transitions after which training stops")
         self.target_return = declare(self, "target_return", 0.0, "stop early at this return (0: never)")
         self.bag_dir = Path(declare(self, "bag_dir", "", "bag to read ('' = OUT/bag)") or self.out / "bag")
+        self.listing = RecordingListing(self.bag_dir)
         init = declare(self, "init", "", "fine-tune: a finished run to start from ('' = from scratch)")
         keep_init_data = declare(self, "keep_init_data", False, "with init: also train on that run's transitions")
         threads = declare(self, "threads", 1, "torch CPU threads; 1 leaves cores to the robot-side nodes")
@@ -98,13 +100,10 @@ class TrainerNode(Node):
     def catch_up(self) -> None:
         """Read every segment the bag's metadata lists that has not been read yet (at start, after a
         restart, and on each notice: a notice names nothing that is trusted, not even a file name)."""
-        meta = self.bag_dir / "metadata.yaml"
-        if not meta.is_file():
-            return
         try:
-            listed = load_metadata(meta)["relative_file_paths"]
+            listed = self.listing.segments()
         except (OSError, yaml.YAMLError, KeyError, TypeError) as err:
-            self.get_logger().error(f"cannot read {meta}: {err}")
+            self.get_logger().error(f"cannot read the metadata of {self.bag_dir}: {err}")
             return
         with self.lock:
             new = [s for s in listed if not self.intake.known(s)]
