@@ -1,6 +1,8 @@
 """Asynchronous ROS graph vs the synchronous loop, and seconds from new data to a new policy on the robot side.
 
     python benchmarks/graph_modes.py [--task InvertedPendulum-v5] [--steps 6000] [--threshold 190]
+    python benchmarks/graph_modes.py --task HalfCheetah-v5 --steps 100000 --threshold 300 \
+        --modes sync fast fast:4 --speedup 4 --batch 10 --seconds 9000      # does a fleet pay? (issue 13)
 
 Three runs of the same task, preset and seed:
 - `sync`: `mbmpo train`, the library's loop (collect with the adapted policies, fit, meta-optimise, repeat);
@@ -9,6 +11,13 @@ Three runs of the same task, preset and seed:
   command, so the robot side runs as fast as the policy node acts, while the trainer works asynchronously.
 - `realtime`: the same graph with the simulator in real time (its control period, 25 Hz for the pendulum):
   what a robot does.
+- `fast`: the realtime graph with the simulators `--speedup` times faster than real time (when real-time runs
+  do not fit a session; every wall-clock figure is then in sped-up seconds: multiply by the speedup for a robot).
+- `MODE:N` (e.g. `realtime:4`): the graph with a fleet of N simulated robots (`robots:=N`), one trainer.
+`sync` collects as fast as the simulator steps; its robot time (real steps x control period / speedup) is
+added to its wall-clock so that it compares with the graph runs (the robot would be idle while it trains).
+With a `MODE` and a `MODE:4` run, records `fleet4_wall_speedup_to_<threshold>` (wall-clock of 1 robot / of 4)
+and `fleet4_real_steps_ratio_to_<threshold>` (real steps of 4 robots / of 1).
 Reported per run: return of the meta-policy against real steps and against wall-clock (plot), real steps
 and seconds to `--threshold`; for the graph runs, seconds from the newest transition a bundle learned from
 to its publication (trainer's OUT/bundles.csv: flush wait, intake, the iteration, export) and from
@@ -40,26 +49,29 @@ def progress(run: Path) -> list[Row]:
     return [(r.real_steps, r.return_pre, r.wall_s) for r in read_progress(run)]
 
 
-def run_sync(task: str, steps: int, seed: int, threshold: float, out: Path) -> dict:
+def run_sync(task: str, steps: int, seed: int, threshold: float, out: Path, robot_dt: float) -> dict:
+    """`mbmpo train`; `robot_dt` (control period / speedup) adds the robot's time to each row's wall-clock."""
     t0 = time.monotonic()
     subprocess.run([sys.executable, "-m", "mbmpo.cli", "train", "--task", task, "--steps", str(steps), "--seed",
                     str(seed), "--out", str(out), "--target-return", str(threshold), "--no-progress"],
                    check=True, cwd=ROOT, capture_output=True)
-    return {"rows": progress(out), "wall_s": time.monotonic() - t0}
+    rows = [(s, r, w + s * robot_dt) for s, r, w in progress(out)]
+    return {"rows": rows, "wall_s": time.monotonic() - t0 + (rows[-1][0] * robot_dt if rows else 0.0)}
 
 
 def run_graph(task: str, steps: int, seed: int, threshold: float, out: Path, mode: str, domain: int,
-              seconds: float) -> dict:
+              seconds: float, robots: int = 1, speedup: float = 1.0, batch: int = 1) -> dict:
     env = {**os.environ, "ROS_DOMAIN_ID": str(domain), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
            "PYTHONWARNINGS": "ignore"}
     t0 = time.monotonic()
     r = subprocess.run([sys.executable, "-m", "mbmpo.deploy.bringup", "train", "sim:=mujoco", f"sim_mode:={mode}",
                         f"task:={task}", f"out:={out}", f"steps:={steps}", f"seed:={seed}",
-                        f"target_return:={threshold}", f"duration:={seconds:g}"],
+                        f"target_return:={threshold}", f"duration:={seconds:g}", f"robots:={robots}",
+                        f"speedup:={speedup:g}", f"batch:={batch}"],
                        cwd=ROOT, env=env, capture_output=True, text=True)
     wall = time.monotonic() - t0
     (out / "bringup.log").write_text(r.stdout + r.stderr)
-    final = read_report(out / "reports" / "policy_node.json")
+    final = read_report(out / "reports" / ("robot_0/policy_node.json" if robots > 1 else "policy_node.json"))
     with open(out / "bundles.csv") as f:
         bundles = [float(b["data_to_bundle_s"]) for b in csv.DictReader(f)]
     return {"rows": progress(out), "wall_s": wall, "data_to_bundle_s": bundles,
@@ -101,21 +113,27 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=900.0, help="time limit of each graph run")
     p.add_argument("--modes", nargs="+", default=["sync", "lockstep", "realtime"])
     p.add_argument("--domain", type=int, default=77)
+    p.add_argument("--speedup", type=float, default=1.0, help="fast mode: simulated seconds per wall second")
+    p.add_argument("--batch", type=int, default=1, help="transitions a message from each policy node")
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "graph_modes")
     p.add_argument("--no-record", action="store_true")
     args = p.parse_args()
 
+    from mbmpo.tasks import get_task
+
     runs: dict[str, dict] = {}
-    for i, mode in enumerate(args.modes):
-        out = args.work / mode
+    for i, spec in enumerate(args.modes):
+        mode, _, robots = spec.partition(":")
+        out = args.work / spec.replace(":", "_x")
         subprocess.run(["rm", "-rf", str(out)], check=True)
         out.parent.mkdir(parents=True, exist_ok=True)
         if mode == "sync":
-            runs[mode] = run_sync(args.task, args.steps, args.seed, args.threshold, out)
+            runs[spec] = run_sync(args.task, args.steps, args.seed, args.threshold, out,
+                                  get_task(args.task).dt / args.speedup)
         else:
-            runs[mode] = run_graph(args.task, args.steps, args.seed, args.threshold, out, mode, args.domain + i,
-                                   args.seconds)
-        print(f"{mode}: {len(runs[mode]['rows'])} iterations, {runs[mode]['wall_s']:.0f} s", flush=True)
+            runs[spec] = run_graph(args.task, args.steps, args.seed, args.threshold, out, mode, args.domain + i,
+                                   args.seconds, int(robots or 1), args.speedup, args.batch)
+        print(f"{spec}: {len(runs[spec]['rows'])} iterations, {runs[spec]['wall_s']:.0f} s", flush=True)
     PLOTS.mkdir(parents=True, exist_ok=True)
     plot(args.task, runs, args.threshold, PLOTS / f"{args.task}_graph_modes.png")
     print(f"| run | iterations | real steps to {args.threshold:g} | wall s to {args.threshold:g} | last return "
@@ -130,6 +148,14 @@ def main() -> None:
               f"{f'{statistics.median(dms):.0f}' if dms else '-'} |")
         if hit and not args.no_record:
             record(f"graph_{mode}_wall_s_to_threshold", hit[1], f"s to return {args.threshold:g} ({args.task})")
+    for spec in runs:
+        one, four = runs[spec], runs.get(f"{spec}:4")
+        hit1, hit4 = first_at(one["rows"], args.threshold), four and first_at(four["rows"], args.threshold)
+        if ":" not in spec and hit1 and hit4 and not args.no_record:
+            what = f"{args.task}, return {args.threshold:g}, {spec} graph" + (f" at speedup {args.speedup:g}"
+                                                                              if spec == "fast" else "")
+            record(f"fleet4_wall_speedup_to_{args.threshold:g}", hit1[1] / hit4[1], f"wall 1 robot / 4 robots; {what}")
+            record(f"fleet4_real_steps_ratio_to_{args.threshold:g}", hit4[0] / hit1[0], f"steps 4 robots / 1; {what}")
     real = runs.get("realtime")
     if real and real["data_to_bundle_s"] and real["delivery_ms"] and not args.no_record:
         # the first bundle is the untrained one sent at start (no data): skip it on the delivery side

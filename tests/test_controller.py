@@ -184,6 +184,15 @@ def test_settings_refuse_bad_values() -> None:
         ControllerSettings(mode="dance")
     with pytest.raises(ValueError, match="watchdog_periods"):
         ControllerSettings(watchdog_periods=0.0)
+    with pytest.raises(ValueError, match="speedup must be > 0"):
+        ControllerSettings(speedup=0.0)
+
+
+def test_a_simulator_at_a_speedup_divides_the_control_period(pendulum_bundle: Path) -> None:
+    nominal = make_controller(pendulum_bundle).period
+    fast = make_controller(pendulum_bundle, speedup=4.0)
+    assert fast.period == pytest.approx(nominal / 4) and fast.watchdog.timeout == pytest.approx(2 * nominal / 4)
+    assert make_controller(pendulum_bundle, control_period=0.1, speedup=2.0).period == pytest.approx(0.05)
 
 
 def test_a_driver_slower_than_the_control_rate_is_named_once_and_empty_ticks_are_counted(

@@ -63,6 +63,7 @@ class ControllerSettings:
     deterministic: bool = False  # act with the mean action
     horizon: int = 0  # episode length; 0 takes the bundle's
     control_period: float = 0.0  # seconds; 0 takes the bundle's
+    speedup: float = 1.0  # a simulator running this many times faster than real time: the period is divided by it
     watchdog_periods: float = 2.0  # states older than this many periods are stale
     lockstep: bool = False  # act on each state (a simulator that steps on each command): no rate to keep
     trigger: str = "auto"  # act on: auto (each state when the driver streams at the control rate) | timer | state
@@ -85,6 +86,8 @@ class ControllerSettings:
             raise ValueError(f"explore_offset must be >= 0, got {self.explore_offset}")
         if self.adapt_episodes < 1 or self.horizon < 0 or self.control_period < 0 or self.adapt_max_kl < 0:
             raise ValueError("adapt_episodes must be >= 1 and horizon, control_period, adapt_max_kl >= 0")
+        if not self.speedup > 0:
+            raise ValueError(f"speedup must be > 0, got {self.speedup}")
         if not self.watchdog_periods > 0:
             raise ValueError(f"watchdog_periods must be > 0, got {self.watchdog_periods}")
 
@@ -120,7 +123,7 @@ class Controller:
         self.base: Policy | None = None  # the meta-policy of the current bundle
         self.policy: Policy | None = None  # what acts now
         self.pending: Policy | None = None  # swapped in at the next episode boundary
-        self.period = settings.control_period
+        self.period = settings.control_period / settings.speedup
         self.horizon = settings.horizon
         self.builder: ObservationBuilder | None = None
         self.guard: ActionGuard | None = None
@@ -201,7 +204,7 @@ class Controller:
         self.guard = ActionGuard(np.asarray(m["act_low"]), np.asarray(m["act_high"]))
         self.horizon = self.settings.horizon or int(m["horizon"])
         if not self.period:
-            self.period = float(m["control_period_s"])
+            self.period = float(m["control_period_s"]) / self.settings.speedup
         self.watchdog.timeout = self.settings.watchdog_periods * self.period
         if self.settings.reset == "home":
             self.resets.home = home_spec(self.settings.home, m)

@@ -171,7 +171,8 @@ def train_graph(args: dict[str, str]) -> list[NodeSpec]:
             "policy_node", "policy_node",
             {"mode": "explore", "bundle": "", "task": a["task"], "lockstep": lockstep, **_reset(a),
              "wait_for_recorder": True, "report": report, "robot": robot, "explore_offset": i,
-             "seed": int(a["seed"]) + i, "batch": int(a["batch"])},
+             "seed": int(a["seed"]) + i, "batch": int(a["batch"]),
+             "speedup": float(a["speedup"]) if a["sim"] == "mujoco" and a["sim_mode"] == "fast" else 1.0},
             _robot_io(a) + to_fleet, namespace=robot)]
     return nodes + [
         NodeSpec("data_node", "data_node", {"task": a["task"], "bag_dir": f"{out}/bag",

@@ -64,6 +64,8 @@ class PolicyNode(Node):
             deterministic=declare(self, "deterministic", False, "act with the mean action"),
             horizon=declare(self, "horizon", 0, "episode length; 0 takes the bundle's"),
             control_period=declare(self, "control_period", 0.0, "seconds; 0 takes the bundle's"),
+            speedup=declare(self, "speedup", 1.0, "a simulator this many times faster than real time (sim_mode "
+                            "fast): the control period is divided by it"),
             watchdog_periods=declare(self, "watchdog_periods", 2.0, "states older than this many control periods "
                                      "are stale; the safe command follows within a quarter period"),
             seed=declare(self, "seed", 0, "action noise seed"),
