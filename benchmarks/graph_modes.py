@@ -118,6 +118,8 @@ def main() -> None:
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "graph_modes")
     p.add_argument("--no-record", action="store_true")
     args = p.parse_args()
+    if any(m.startswith("sync:") for m in args.modes):
+        p.error("sync runs one robot (the library's loop); fleets are MODE:N of the graph modes")
 
     from mbmpo.tasks import get_task
 
@@ -147,13 +149,16 @@ def main() -> None:
               f"{f'{statistics.median(d2b):.1f} {[round(x, 1) for x in d2b]}' if d2b else '-'} | "
               f"{f'{statistics.median(dms):.0f}' if dms else '-'} |")
         if hit and not args.no_record:
-            record(f"graph_{mode}_wall_s_to_threshold", hit[1], f"s to return {args.threshold:g} ({args.task})")
-    for spec in runs:
-        one, four = runs[spec], runs.get(f"{spec}:4")
-        hit1, hit4 = first_at(one["rows"], args.threshold), four and first_at(four["rows"], args.threshold)
-        if ":" not in spec and hit1 and hit4 and not args.no_record:
-            what = f"{args.task}, return {args.threshold:g}, {spec} graph" + (f" at speedup {args.speedup:g}"
-                                                                              if spec == "fast" else "")
+            sped = mode.startswith("fast") or (mode == "sync" and args.speedup != 1.0)
+            name = "graph_" + mode.replace(":", "_x") + ("_with_robot_time" if mode == "sync" else "")
+            record(f"{name}_wall_s_to_threshold", hit[1], f"s to return {args.threshold:g} ({args.task})"
+                   + (f", simulators at speedup {args.speedup:g}" if sped else ""))
+    pair = next((m for m in ("realtime", "fast") if m in runs and f"{m}:4" in runs), None)  # realtime first
+    if pair and not args.no_record:
+        hit1, hit4 = first_at(runs[pair]["rows"], args.threshold), first_at(runs[f"{pair}:4"]["rows"], args.threshold)
+        if hit1 and hit4:
+            what = f"{args.task}, return {args.threshold:g}, {pair} graph" + (f" at speedup {args.speedup:g}"
+                                                                              if pair == "fast" else "")
             record(f"fleet4_wall_speedup_to_{args.threshold:g}", hit1[1] / hit4[1], f"wall 1 robot / 4 robots; {what}")
             record(f"fleet4_real_steps_ratio_to_{args.threshold:g}", hit4[0] / hit1[0], f"steps 4 robots / 1; {what}")
     real = runs.get("realtime")

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from mbmpo.deploy import transitions
 from mbmpo.deploy.bag import SegmentedBagWriter, load_metadata, read_messages
 from mbmpo.deploy.transitions import TransitionBatch, TransitionRecord, TransitionValidator, records_from_msg
 
@@ -58,6 +59,21 @@ def test_batches_get_the_verdicts_of_one_by_one(size: int) -> None:
         assert many == one
         assert v2.rejected == v1.rejected and v2.missing == v1.missing
     assert v1.rejected == {"non-finite": 1, "jump": 1, "order": 1} and v1.missing == 3  # 2 rejected, 1 lost
+
+
+@pytest.mark.parametrize("remembered", [2, 3, 5])
+def test_batches_forget_old_episodes_as_one_by_one_does(remembered: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """At the bound on remembered episodes, a batch that brings new ones gets the verdicts, counts and memory of
+    one by one (which forgets the oldest episode as each new one comes)."""
+    monkeypatch.setattr(transitions, "MAX_EPISODES", remembered)
+    recs = _stream()
+    mixed = [recs[0], recs[12], recs[24], recs[1], recs[13], recs[25], recs[2], recs[14]]  # episodes interleaved
+    stream = [r for i in range(3) for r in (recs[12 * i + 3], recs[12 * i + 4])] + mixed
+    for size in (2, 4, 8):
+        one, v1 = _row_by_row(stream)
+        many, v2 = _batched(stream, size)
+        assert many == one and v2.rejected == v1.rejected and v2.missing == v1.missing
+        assert list(v2.last) == list(v1.last)
 
 
 def test_a_clean_batch_is_checked_without_going_row_by_row() -> None:

@@ -226,6 +226,10 @@ def test_learned_step_sizes_travel_in_the_bundle(bundle: Path, tmp_path: Path) -
     for k in policy.manifest["param_names"]:
         step, r = adapted.params[k] - policy.params[k], ref[k][0].detach().numpy() - params[k].numpy()
         assert np.abs(step - r).max() <= 1e-3 * np.abs(r).max() + 1e-7, k
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    (tmp_path / "b" / "manifest.json").write_text(json.dumps({**manifest, "adapt_kl": 0.01}))
+    # training takes the KL-normalised step before any learned sizes (they never move then): so does the runtime
+    assert load(tmp_path / "b").adapt([(o, a) for o, a in episodes]).kl_from_parent == pytest.approx(0.01, rel=0.15)
 
 
 def test_eval_through_runtime_with_perturbation(bundle: Path, capsys: pytest.CaptureFixture) -> None:

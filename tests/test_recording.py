@@ -73,3 +73,25 @@ def test_a_bag_recorded_before_parts_is_appended_to_as_it_is(tmp_path: Path) -> 
     assert recording_summary(bag) == {"transitions": 6, "segments": 3, "parts": 1}
     with pytest.raises(ValueError, match="segments_per_part must be >= 1"):
         RollingBagWriter(tmp_path / "other", TOPIC, MSGTYPE, segments_per_part=0)
+
+
+def test_a_part_that_cannot_be_made_keeps_the_counts_and_is_tried_again(tmp_path: Path) -> None:
+    bag = tmp_path / "bag"
+    w = RollingBagWriter(bag, TOPIC, MSGTYPE, segments_per_part=2)
+    _segment(w, 0)
+    (bag / "part_0001").write_text("in the way")  # the next part's folder cannot be made
+    assert _segment(w, 2) == "part_0000/segment_000001.mcap"  # durable and listed all the same
+    assert w.transitions == 4 and w.segment_count == 2
+    (bag / "part_0001").unlink()
+    assert _segment(w, 4) == "part_0000/segment_000002.mcap"  # the part grew by one, then rolled
+    assert _segment(w, 6) == "part_0001/segment_000000.mcap" and w.transitions == 8
+    assert [m.step for _, m in read_messages(bag)] == list(range(8))
+
+
+def test_parts_are_ordered_by_number_past_part_9999(tmp_path: Path) -> None:
+    from mbmpo.deploy.bag import bag_parts
+
+    for name in ("part_10000", "part_9999", "part_0002", "part_x"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metadata.yaml").write_text("")
+    assert [p.name for p in bag_parts(tmp_path)] == ["part_0002", "part_9999", "part_10000"]

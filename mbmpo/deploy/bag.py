@@ -186,7 +186,7 @@ class SegmentedBagWriter:
         self.flush()
 
 
-PART_GLOB = "part_[0-9][0-9][0-9][0-9]"  # a recording in parts: BAG/part_0000, BAG/part_0001, ... (recording.py)
+PART_GLOB = "part_[0-9]*"  # a recording in parts: BAG/part_0000, BAG/part_0001, ... (recording.py)
 
 
 def bag_parts(bag_dir: Path) -> list[Path]:
@@ -195,7 +195,8 @@ def bag_parts(bag_dir: Path) -> list[Path]:
     bag_dir = Path(bag_dir)
     if (bag_dir / "metadata.yaml").is_file():
         return [bag_dir]
-    return sorted(p for p in bag_dir.glob(PART_GLOB) if (p / "metadata.yaml").is_file())
+    parts = [p for p in bag_dir.glob(PART_GLOB) if p.name[5:].isdigit() and (p / "metadata.yaml").is_file()]
+    return sorted(parts, key=lambda p: int(p.name[5:]))
 
 
 def read_messages(bag_dir: Path, segments: list[str] | None = None, typestore: Any | None = None

@@ -26,6 +26,7 @@ class Intake:
         """`saved_steps`: transitions in the trainer's saved data (decides which state version holds)."""
         self.path = Path(state_file)
         self.consumed: list[str] = []  # segments all of whose transitions are in the trainer's data
+        self.consumed_set: set[str] = set()  # the same, looked up at every notice for every listed segment
         self.taken: set[tuple[str, int]] = set()  # episodes (robot, id) in the trainer's data, of open segments
         self.records: list[tuple[str, TransitionRecord]] = []  # (segment, transition) not yet taken
         self.open_segments: dict[str, set[tuple[str, int]]] = {}  # segment read, not consumed -> its episodes
@@ -34,10 +35,11 @@ class Intake:
             if saved_steps < state["saved_steps"]:  # killed before the data was saved: the old version
                 state = state["previous"]
             self.consumed = list(state["segments"])
+            self.consumed_set = set(self.consumed)
             self.taken = {_episode_key(e) for e in state["episodes"]}
 
     def known(self, segment: str) -> bool:
-        return segment in self.open_segments or segment in self.consumed
+        return segment in self.open_segments or segment in self.consumed_set
 
     def add(self, segment: str, records: list[TransitionRecord]) -> int:
         """Transitions of a newly read segment (episodes already trained on are skipped); returns how many."""
@@ -73,6 +75,7 @@ class Intake:
         for segment, episodes in list(self.open_segments.items()):
             if episodes <= self.taken:
                 self.consumed.append(segment)
+                self.consumed_set.add(segment)
                 del self.open_segments[segment]
         still_open = set().union(*self.open_segments.values()) if self.open_segments else set()
         self.taken &= still_open  # only episodes that a re-read could bring back need remembering

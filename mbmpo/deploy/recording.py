@@ -22,7 +22,7 @@ from mbmpo.deploy.bag import SegmentedBagWriter, bag_parts, bag_transitions, loa
 
 
 def _part_name(index: int) -> str:
-    return f"part_{index:04d}"
+    return f"part_{index:04d}"  # part_9999, then part_10000 (bag_parts sorts by number)
 
 
 class RollingBagWriter:
@@ -55,10 +55,16 @@ class RollingBagWriter:
         return writer
 
     def _next_part(self) -> None:
-        self.closed_transitions += self.writer.transitions
-        self.closed_segments += len(self.writer.segments)
+        """Start the next part (OSError if it cannot be made: nothing changes, the next flush tries again)."""
+        prefix, writer = self.prefix, self.writer
+        try:
+            self.writer = self._open(self.index + 1)
+        except OSError:
+            self.prefix = prefix
+            raise
+        self.closed_transitions += writer.transitions
+        self.closed_segments += len(writer.segments)
         self.index += 1
-        self.writer = self._open(self.index)
 
     def add_topic(self, topic: str, msgtype: str) -> None:
         self.topics[topic] = msgtype
@@ -89,7 +95,10 @@ class RollingBagWriter:
             return None
         closed = self.prefix + name
         if self.index >= 0 and len(self.writer.segments) >= self.per_part:
-            self._next_part()
+            try:
+                self._next_part()
+            except OSError:  # the segment is durable and listed; the part grows by one until a roll succeeds
+                pass
         return closed
 
 

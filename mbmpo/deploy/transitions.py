@@ -116,6 +116,9 @@ def records_from_msg(msg: object) -> list[TransitionRecord]:
     return [TransitionRecord.from_msg(msg)]
 
 
+MAX_EPISODES = 10_000  # episodes whose last step a validator remembers (the oldest is forgotten first)
+
+
 class TransitionValidator:
     """Rejects malformed transitions with a reason: sizes, non-finite or absurd values, steps or
     timestamps that do not move forward within an episode (repeats, reordering), and a step that does not
@@ -134,7 +137,7 @@ class TransitionValidator:
         if reason is None:
             previous = self.last.get(t.key)
             self.missing += t.step - (previous[0] + 1 if previous else 0)
-            self.last[t.key] = (t.step, t.stamp_ns, t.next_obs)
+            self.last[t.key] = (t.step, t.stamp_ns, t.next_obs.copy())  # not a view of a whole message
             self._bound()
         else:
             self.reject(reason)
@@ -146,7 +149,7 @@ class TransitionValidator:
         self.rejected[key] = self.rejected.get(key, 0) + count
 
     def _bound(self) -> None:
-        while len(self.last) > 10_000:  # bounded memory over long runs
+        while len(self.last) > MAX_EPISODES:  # bounded memory over long runs
             self.last.pop(next(iter(self.last)))
 
     def check_batch(self, b: TransitionBatch) -> tuple[np.ndarray, str | None]:
@@ -160,7 +163,7 @@ class TransitionValidator:
                 previous = self.last.get(key)
                 self.missing += int(b.step[last] - b.step[first] - (last - first))  # gaps inside the run
                 self.missing += int(b.step[first]) - (previous[0] + 1 if previous else 0)
-                self.last[key] = (int(b.step[last]), int(b.stamp_ns[last]), b.next_obs[last])
+                self.last[key] = (int(b.step[last]), int(b.stamp_ns[last]), b.next_obs[last].copy())
             self._bound()
             return np.ones(len(b), bool), None
         reasons = [self.check(r) for r in b.records()]
@@ -182,6 +185,9 @@ class TransitionValidator:
             return False
         starts = np.flatnonzero(np.r_[True, ~same])
         if len(np.unique(b.episode_id[starts])) != len(starts):
+            return False
+        new = sum((b.robot, int(b.episode_id[i])) not in self.last for i in starts)
+        if len(self.last) + new > MAX_EPISODES:  # row by row would forget old episodes between the rows
             return False
         for i in starts:
             previous = self.last.get((b.robot, int(b.episode_id[i])))

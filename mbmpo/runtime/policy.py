@@ -155,13 +155,13 @@ class Policy:
     def _step(self, grad: dict[str, np.ndarray], obs: np.ndarray, alpha: float | None,
               kl: float | None = None) -> dict[str, np.ndarray]:
         """theta - alpha (.) g: `alpha` when given, else the step scaled to KL(pre || post) = `kl` on `obs`
-        B x D when given; else the step size training used: the learned step sizes (per parameter), else the
-        step scaled to the manifest's `adapt_kl`, else its fixed `alpha`."""
+        B x D when given; else the step training took (in its order): scaled to the manifest's `adapt_kl` when
+        > 0, else the learned step sizes (per parameter), else the fixed `alpha`."""
         m = self.manifest
-        if alpha is None and kl is None and self.bundle.step_sizes:
-            return {k: self.params[k] - self.bundle.step_sizes[k] * g for k, g in grad.items()}
         size = m["alpha"] if alpha is None else alpha
         target = float(m.get("adapt_kl", 0.0) if kl is None else kl)
+        if alpha is None and target <= 0.0 and self.bundle.step_sizes:
+            return {k: self.params[k] - self.bundle.step_sizes[k] * g for k, g in grad.items()}
         if alpha is None and target > 0.0:
             # a first trial that changes no parameter by more than 0.01 (a KL well above float32 noise, mostly
             # inside the quadratic range), then one correction from the size it suggests

@@ -83,13 +83,15 @@ class DataNode(Node):
 
     def on_batch(self, msg: TransitionBatchMsg) -> None:
         """Validate every row; the valid ones are recorded as one message (the message itself when all are)."""
+        rows = max(map(len, (msg.step, msg.episode_id, msg.stamp_ns, msg.policy_id, msg.reward, msg.terminated,
+                             msg.truncated)))
+        if not rows and not len(msg.obs):
+            return  # an empty batch: nothing to record or reject
         try:
             batch = TransitionBatch.from_msg(msg)
         except ValueError as err:
-            self.validator.reject(str(err), len(msg.step))
+            self.validator.reject(str(err), max(rows, 1))  # the longest column: the transitions that were meant
             self.get_logger().warning(f"transition batch rejected ({err})", throttle_duration_sec=1.0)
-            return
-        if not len(batch):
             return
         keep, reason = self.validator.check_batch(batch)
         if reason is not None:

@@ -43,7 +43,6 @@ BUNDLE_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durabil
 # 10 s at 1 kHz: a reliable KEEP_LAST history overwrites what the data node has not taken yet (a stalled
 # flush on a loaded machine lost 499 of 13,315 at depth 1,000); a few MB at most
 TRANSITION_QOS = QoSProfile(depth=10_000, reliability=ReliabilityPolicy.RELIABLE)
-BATCH_QOS = QoSProfile(depth=1_000, reliability=ReliabilityPolicy.RELIABLE)  # >= 10 s of batches as well
 BATCH_PERIOD_S = 0.2  # a batch waits at most this long for more transitions
 
 
@@ -97,7 +96,9 @@ class PolicyNode(Node):
                                      clock_ns=lambda: self.get_clock().now().nanoseconds)
         self.cmd_pub = self.create_publisher(Float64MultiArray, "commands", 10)
         self.tr_pub = (self.create_publisher(Transition, "transitions", TRANSITION_QOS) if self.batch == 1 else
-                       self.create_publisher(TransitionBatchMsg, "transition_batches", BATCH_QOS))
+                       self.create_publisher(TransitionBatchMsg, "transition_batches", QoSProfile(
+                           depth=max(1_000, -(-TRANSITION_QOS.depth // self.batch)),  # as many transitions: 10 s at 1 kHz
+                           reliability=ReliabilityPolicy.RELIABLE)))
         self.unsent: list[TransitionRecord] = []  # batch > 1: transitions of the next batch
         if self.batch > 1:
             self.create_timer(BATCH_PERIOD_S, self.guarded(self.send_batch), callback_group=control)
