@@ -112,7 +112,8 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--seconds", type=float, default=900.0, help="time limit of each graph run")
     p.add_argument("--modes", nargs="+", default=["sync", "lockstep", "realtime"])
-    p.add_argument("--domain", type=int, default=77)
+    p.add_argument("--domain", type=int, default=220, help="ROS domain id of the first graph run (220-232: clear of "
+                   "the tests' domains, inside the range ROS 2 keeps clear of ephemeral ports)")
     p.add_argument("--speedup", type=float, default=1.0, help="fast mode: simulated seconds per wall second")
     p.add_argument("--batch", type=int, default=1, help="transitions a message from each policy node")
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "graph_modes")
