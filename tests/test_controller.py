@@ -123,6 +123,21 @@ def test_deploy_adapts_on_the_worker_and_swaps_at_the_next_episode(pendulum_bund
                       "episodes_after_adaptation": len(adapted)} and len(adapted) >= 1
 
 
+def test_several_adaptation_steps_each_under_the_bound(pendulum_bundle: Path) -> None:
+    """adapt_steps 3: three steps on the same episodes, reported as one adapted policy that moved further from
+    the meta-policy than one step does."""
+    one = make_controller(pendulum_bundle, mode="deploy", horizon=5, adapt_episodes=2, adapt_max_kl=1e9)
+    three = make_controller(pendulum_bundle, mode="deploy", horizon=5, adapt_episodes=2, adapt_max_kl=1e9,
+                            adapt_steps=3)
+    for c in (one, three):
+        Robot(c).run(12)
+        _wait_for_worker(c)
+        assert c.counts["adaptations"] == 1 and c.pending is not None and c.pending.name == "meta+adapted"
+    assert three.pending.kl_from_parent > one.pending.kl_from_parent > 0
+    with pytest.raises(ValueError, match="adapt_steps must be >= 1"):
+        ControllerSettings(adapt_steps=0)
+
+
 def test_a_failing_adaptation_keeps_the_meta_policy_acting(pendulum_bundle: Path) -> None:
     c = make_controller(pendulum_bundle, mode="deploy", horizon=5, adapt_episodes=1)
 

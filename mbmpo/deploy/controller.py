@@ -59,6 +59,7 @@ class ControllerSettings:
 
     mode: str = "explore"  # explore | deploy
     adapt_episodes: int = 2  # deploy: episodes of fresh data per adaptation
+    adapt_steps: int = 1  # deploy: gradient steps on those episodes, each from the last and under the KL bound
     adapt_max_kl: float = 0.0  # deploy: KL bound of an adaptation; 0 takes the bundle's
     deterministic: bool = False  # act with the mean action
     horizon: int = 0  # episode length; 0 takes the bundle's
@@ -84,8 +85,11 @@ class ControllerSettings:
             raise ValueError(f"home is given but reset is '{self.reset}', not home")
         if self.explore_offset < 0:
             raise ValueError(f"explore_offset must be >= 0, got {self.explore_offset}")
-        if self.adapt_episodes < 1 or self.horizon < 0 or self.control_period < 0 or self.adapt_max_kl < 0:
-            raise ValueError("adapt_episodes must be >= 1 and horizon, control_period, adapt_max_kl >= 0")
+        if self.adapt_episodes < 1 or self.adapt_steps < 1:
+            raise ValueError(f"adapt_episodes and adapt_steps must be >= 1, got {self.adapt_episodes} and "
+                             f"{self.adapt_steps}")
+        if self.horizon < 0 or self.control_period < 0 or self.adapt_max_kl < 0:
+            raise ValueError("horizon, control_period and adapt_max_kl must be >= 0")
         if not self.speedup > 0:
             raise ValueError(f"speedup must be > 0, got {self.speedup}")
         if not self.watchdog_periods > 0:
@@ -473,12 +477,18 @@ class Controller:
         return self.control(self.newest, now)
 
     def _adapt(self, episodes: list[tuple[np.ndarray, np.ndarray]], base: Policy) -> None:
-        """deploy: ONE adaptation step from fresh episodes, on the worker."""
-        max_kl = self.settings.adapt_max_kl or None
+        """deploy: ONE adaptation step from fresh episodes (or `adapt_steps`, each from the last and under the
+        KL bound: one refused keeps the meta-policy), on the worker."""
+        max_kl, steps = self.settings.adapt_max_kl or None, self.settings.adapt_steps
 
         def job() -> tuple[Policy, float]:
             t0 = time.perf_counter()
-            adapted = base.adapt(episodes, max_kl=max_kl)
+            adapted = base
+            for _ in range(steps):
+                adapted = adapted.adapt(episodes, max_kl=max_kl)
+            if steps > 1:  # one adapted policy of the meta-policy, whatever the steps it took
+                adapted.name = f"{base.name}+adapted"
+                adapted.kl_from_parent = base.kl_to(adapted, np.concatenate([obs[:-1] for obs, _ in episodes]))
             return adapted, time.perf_counter() - t0
 
         self.adapting = True

@@ -59,6 +59,8 @@ class PolicyNode(Node):
                           "(drive the joints home) | operator (wait for ~/start_episode) | none (continue)"),
             home=declare(self, "home", "", "reset home: 'joint=position,...[,kp=..,kd=..]' ('' = the task YAML's)"),
             adapt_episodes=declare(self, "adapt_episodes", 2, "deploy: episodes of fresh data per adaptation"),
+            adapt_steps=declare(self, "adapt_steps", 1, "deploy: gradient steps on those episodes, each under the KL "
+                                "bound (the meta-learned method takes 1)"),
             adapt_max_kl=declare(self, "adapt_max_kl", 0.0, "deploy: KL bound; 0 takes the bundle's"),
             deterministic=declare(self, "deterministic", False, "act with the mean action"),
             horizon=declare(self, "horizon", 0, "episode length; 0 takes the bundle's"),
