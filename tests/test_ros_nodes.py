@@ -4,6 +4,7 @@ import hashlib
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -229,15 +230,22 @@ def test_policy_node_refuses_a_corrupt_bundle_from_the_trainer(pendulum_bundle: 
     assert not marker.exists() and not (tmp_path / "escaped.txt").exists()
 
 
-@pytest.mark.badinput
-def test_data_node_records_valid_and_rejects_malformed(tmp_path: Path) -> None:
+def _data_node(tmp_path: Path) -> tuple[Any, Probe, list[dict], Path]:
+    """A data node recording 4-value observations and 1-value actions into tmp_path/bag (flushing every 0.2 s),
+    and a probe that collects its status."""
     domain = next_domain()
     bag = tmp_path / "bag"
     node = start_node("data_node", domain, {"bag_dir": str(bag), "obs_dim": 4, "act_dim": 1, "flush_period": 0.2})
     probe = Probe(domain)
+    status: list[dict] = []
+    probe.node.create_subscription(String, "data_node/status", lambda m: status.append(json.loads(m.data)), 10)
+    return node, probe, status, bag
+
+
+@pytest.mark.badinput
+def test_data_node_records_valid_and_rejects_malformed(tmp_path: Path) -> None:
+    node, probe, status, bag = _data_node(tmp_path)
     try:
-        status: list[dict] = []
-        probe.node.create_subscription(String, "data_node/status", lambda m: status.append(json.loads(m.data)), 10)
         pub = probe.node.create_publisher(Transition, "transitions", RELIABLE)
         assert probe.spin_until(lambda: pub.get_subscription_count() > 0, 20)
 
@@ -273,13 +281,8 @@ def test_data_node_records_valid_and_rejects_malformed(tmp_path: Path) -> None:
 def test_data_node_records_batches_and_rejects_their_bad_rows(tmp_path: Path) -> None:
     """Batches are validated row by row (a bad row is dropped, the rest recorded), a batch whose columns
     disagree is refused whole, single transitions still go in beside them, and counts are of transitions."""
-    domain = next_domain()
-    bag = tmp_path / "bag"
-    node = start_node("data_node", domain, {"bag_dir": str(bag), "obs_dim": 4, "act_dim": 1, "flush_period": 0.2})
-    probe = Probe(domain)
+    node, probe, status, bag = _data_node(tmp_path)
     try:
-        status: list[dict] = []
-        probe.node.create_subscription(String, "data_node/status", lambda m: status.append(json.loads(m.data)), 10)
         pub = probe.node.create_publisher(TransitionBatchMsg, "transition_batches", RELIABLE)
         single = probe.node.create_publisher(Transition, "transitions", RELIABLE)
         assert probe.spin_until(lambda: pub.get_subscription_count() > 0 and single.get_subscription_count() > 0, 20)
