@@ -483,13 +483,7 @@ class Controller:
 
         def job() -> tuple[Policy, float]:
             t0 = time.perf_counter()
-            adapted = base
-            for _ in range(steps):
-                adapted = adapted.adapt(episodes, max_kl=max_kl)
-            if steps > 1:  # one adapted policy of the meta-policy, whatever the steps it took
-                adapted.name = f"{base.name}+adapted"
-                adapted.kl_from_parent = base.kl_to(adapted, np.concatenate([obs[:-1] for obs, _ in episodes]))
-            return adapted, time.perf_counter() - t0
+            return base.adapt(episodes, max_kl=max_kl, steps=steps), time.perf_counter() - t0
 
         self.adapting = True
         self.worker.submit("adapt", job, context=base)

@@ -110,7 +110,19 @@ class Policy:
         return advantages(obs, rew, mask, m["gamma"], m["gae_lambda"], m["normalize_advantages"])
 
     def adapt(self, episodes: Sequence[tuple[np.ndarray, ...]], alpha: float | None = None,
-              max_kl: float | None = None, kl: float | None = None) -> Policy:
+              max_kl: float | None = None, kl: float | None = None, steps: int = 1) -> Policy:
+        """`steps` gradient steps on the same episodes, each from the last and each under `max_kl` (`kl`, if
+        given, is the total: each step takes kl / steps^2); one adapted policy, its KL measured from this one."""
+        adapted = self
+        for _ in range(steps):
+            adapted = adapted._adapt_once(episodes, alpha, max_kl, None if kl is None else kl / steps ** 2)
+        if steps > 1:
+            adapted.name = f"{self.name}+adapted"
+            adapted.kl_from_parent = self.kl_to(adapted, np.concatenate([self._check_obs(ep[0])[:-1] for ep in episodes]))
+        return adapted
+
+    def _adapt_once(self, episodes: Sequence[tuple[np.ndarray, ...]], alpha: float | None,
+                    max_kl: float | None, kl: float | None) -> Policy:
         """ONE policy-gradient step from real episodes; returns a NEW policy. Its size is training's (`_step`)
         unless `alpha` is given, or `kl` (the step scaled to that KL(pre || post)).
 

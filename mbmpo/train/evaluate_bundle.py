@@ -61,11 +61,8 @@ def evaluate_bundle(pdir: Path, task: TaskSpec, episodes: int, adapt: bool, pert
     if adapt:
         fresh = [runtime_episode(policy, env, seed + 1000 + i, task.horizon, False, rng) for i in range(adapt_episodes)]
         try:
-            adapted = policy
-            for _ in range(adapt_steps):
-                adapted = adapted.adapt([(o, a) for o, a, _ in fresh], kl=None if adapt_kl is None else
-                                        adapt_kl / adapt_steps ** 2)
-            result["adapt_kl"] = policy.kl_to(adapted, np.concatenate([o[:-1] for o, _, _ in fresh]))
+            adapted = policy.adapt([(o, a) for o, a, _ in fresh], kl=adapt_kl, steps=adapt_steps)
+            result["adapt_kl"] = adapted.kl_from_parent
         except AdaptationRefused as err:
             adapted, result["adapt_refused"] = policy, str(err)
         post = [runtime_episode(adapted, env, seed + i, task.horizon, True, rng)[2] for i in range(episodes)]
