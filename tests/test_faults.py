@@ -317,11 +317,14 @@ def test_killed_policy_node_sim_watchdog_applies_the_safe_command_and_a_restart_
         assert probe.spin_until(lambda: sim_status and not sim_status[-1][1]["safe"] and data_status
                                 and data_status[-1]["durable"] > 20, 60), (sim_status[-1:], data_status[-1:])
         policy.send_signal(signal.SIGKILL)
-        t_kill = time.monotonic()
+        t_kill, t_kill_system = time.monotonic(), time.time()
         policy.wait()
-        assert probe.spin_until(lambda: sim_status[-1][1]["safe"], 5), "the sim never applied the safe command"
-        to_safe = next(t for t, s in sim_status if t > t_kill and s["safe"]) - t_kill
-        assert to_safe <= 0.2 + 0.04 + 0.5  # watchdog timeout + one step + slack for a shared machine
+        assert probe.spin_until(lambda: sim_status[-1][1]["safe"], 10), "the sim never applied the safe command"
+        # when the sim switched, by its own report: a status sample lost under load is repaired only at Fast
+        # DDS's next heartbeat (3 s), so the time the probe heard it says little about the sim (CI saw 3.0 s)
+        to_safe = sim_status[-1][1]["safe_since"] - t_kill_system
+        heard = next(t for t, s in sim_status if t > t_kill and s["safe"]) - t_kill
+        assert 0 < to_safe <= 0.2 + 0.04 + 0.5, to_safe  # watchdog timeout + one step + slack for a shared machine
         recorded = data_status[-1]["durable"]
         policy = start_node("policy_node", domain, policy_params)  # its episodes are new to the data node
         assert probe.spin_until(lambda: not sim_status[-1][1]["safe"] and data_status[-1]["durable"] > recorded + 20,
@@ -333,7 +336,8 @@ def test_killed_policy_node_sim_watchdog_applies_the_safe_command_and_a_restart_
         stop_node(sim)
         stop_node(data)
     print(f"\nRELIABILITY policy-node-sigkill: sim safe command {1e3 * to_safe:.0f} ms after the kill "
-          f"(watchdog_timeout 200 ms); restarted policy node recorded with 0 rejections")
+          f"(watchdog_timeout 200 ms; its status heard after {1e3 * heard:.0f} ms); "
+          f"restarted policy node recorded with 0 rejections")
 
 
 def test_delayed_states_give_the_safe_command_and_fresh_states_resume_control(pendulum_bundle: Path) -> None:

@@ -131,3 +131,17 @@ def test_forward_kinematics_reward_matches_mujoco_and_runs_on_numpy_and_torch() 
     r_torch = fns.reward(torch.as_tensor(obs), torch.as_tensor(act), torch.as_tensor(obs))
     assert isinstance(r_torch, torch.Tensor) and r_np.shape == (6,)
     np.testing.assert_allclose(r_np, r_torch.numpy(), atol=1e-6)
+
+
+def test_making_an_env_prints_no_mujoco_deprecation_but_other_mujoco_warnings_reach_stderr(capfd) -> None:
+    import mujoco
+
+    get_task("HalfCheetah-v5").make_env(200).close()  # Gymnasium's half_cheetah.xml uses `settotalmass`
+    assert "settotalmass" not in capfd.readouterr().err
+    model = mujoco.MjModel.from_xml_string("<mujoco><worldbody><body><freejoint/><geom size='.1'/></body>"
+                                           "</worldbody></mujoco>")
+    data = mujoco.MjData(model)
+    data.qacc[0] = float("nan")  # MuJoCo warns of a bad qacc and resets the data
+    data.qpos[0] = float("nan")
+    mujoco.mj_step(model, data)
+    assert "MuJoCo warning:" in capfd.readouterr().err

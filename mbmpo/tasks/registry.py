@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import sys
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
+import mujoco
 import numpy as np
 
 from mbmpo.errors import UserError
@@ -26,6 +28,17 @@ _BUILTIN: dict[str, tuple[dict[str, Any], Any, Any, int]] = {
     "InvertedPendulum-v5": ({}, R.inverted_pendulum_reward, R.inverted_pendulum_termination, 0),
 }
 TASK_NAMES: tuple[str, ...] = tuple(_BUILTIN)
+
+
+def _mujoco_warning(message: str) -> None:
+    """MuJoCo's warnings to stderr, less the one Gymnasium's own assets raise at every env creation."""
+    if "settotalmass" in message:  # half_cheetah.xml under MuJoCo >= 4: Gymnasium's file, not fixable here
+        return
+    sys.stderr.write(f"MuJoCo warning: {message}\n")
+
+
+if mujoco.get_mju_user_warning() is None:  # a handler the user installed stays
+    mujoco.set_mju_user_warning(_mujoco_warning)
 
 
 def _ref(fn: Any) -> str | None:

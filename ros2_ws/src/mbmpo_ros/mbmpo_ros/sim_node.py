@@ -2,7 +2,9 @@
 
 Publishes `joint_states` (sensor_msgs/JointState, every coordinate by name), takes `commands`
 (std_msgs/Float64MultiArray, one value per actuator), resets on `~/reset` (std_srvs/Trigger), reports
-`~/status` (std_msgs/String JSON: counters and `safe`, once a second and at once when `safe` changes).
+`~/status` (std_msgs/String JSON: counters, `safe` and `safe_since`, the system time in seconds at which the
+watchdog last switched to the safe command; once a second and at once when `safe` changes: a late status,
+say a reliable sample repaired at the next DDS heartbeat, still tells when the robot went safe).
 Timing: `lockstep` steps once per command; `realtime` / `fast` step on a timer at the control period
 (divided by `speedup`), applying the latest command, or the safe command (zeros) when commands are
 older than `watchdog_timeout`. Perturbations emulate the reality gap.
@@ -53,6 +55,7 @@ class SimNode(Node):
         self.steps = self.resets = self.safe_steps = self.bad_commands = 0
         self.last_msg: JointState | None = None
         self.holding_safe = False  # the watchdog is applying the safe command
+        self.safe_since: float | None = None  # system time (s) of the last switch to the safe command
         self.pub = self.create_publisher(JointState, "joint_states", 10)
         self.status_pub = self.create_publisher(String, "~/status", 10)
         self.create_timer(1.0, self.publish_status)
@@ -103,12 +106,14 @@ class SimNode(Node):
         if stale != self.holding_safe:
             self.holding_safe = stale
             if stale:
+                self.safe_since = time.time()
                 self.get_logger().warning(f"no command for {self.watchdog_timeout:g} s: applying the safe command")
             self.publish_status()
         self.step()
 
     def publish_status(self) -> None:
-        status = {"mode": self.mode, "safe": self.holding_safe, "steps": self.steps, "safe_steps": self.safe_steps,
+        status = {"mode": self.mode, "safe": self.holding_safe, "safe_since": self.safe_since,
+                  "steps": self.steps, "safe_steps": self.safe_steps,
                   "bad_commands": self.bad_commands, "resets": self.resets}
         self.status_pub.publish(String(data=json.dumps(status)))
 
