@@ -19,7 +19,7 @@ from mbmpo.deploy.bag import read_messages  # noqa: E402
 from mbmpo.deploy.transitions import TransitionBatch, records_from_msg  # noqa: E402
 from mbmpo_interfaces.msg import Transition  # noqa: E402
 from mbmpo_interfaces.msg import TransitionBatch as TransitionBatchMsg  # noqa: E402
-from mbmpo_ros.common import fill_batch  # noqa: E402
+from mbmpo_ros.common import CONTROL_SUB_QOS, fill_batch  # noqa: E402
 from mbmpo_ros.testing import Probe, next_domain, start_node, stop_node  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -101,8 +101,8 @@ def test_policy_node_acts_guards_and_falls_back_to_safe_command(pendulum_bundle:
     try:
         cmds: list[tuple[float, list]] = []
         transitions: list[Transition] = []
-        probe.node.create_subscription(Float64MultiArray, "commands",
-                                       lambda m: cmds.append((time.monotonic(), list(m.data))), 100)
+        probe.node.create_subscription(Float64MultiArray, "commands",  # as the sim node does: timing, not repair
+                                       lambda m: cmds.append((time.monotonic(), list(m.data))), CONTROL_SUB_QOS)
         probe.node.create_subscription(Transition, "transitions", transitions.append, RELIABLE)
         state_pub = probe.node.create_publisher(JointState, "joint_states", 10)
         probe.spin_for(2.0)  # discovery

@@ -18,10 +18,17 @@ from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.exceptions import ParameterException
 from rclpy.executors import Executor, ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.node import Node
+from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rclpy.signals import SignalHandlerOptions
 
 from mbmpo.deploy.transitions import TransitionBatch
 from mbmpo.errors import UserError
+
+# Subscriptions to the control streams (`joint_states`, `commands`): best effort, so that a lost sample costs one
+# period instead of stalling every later one until the reliable repair at the writer's next heartbeat (3 s in
+# Fast DDS). A best-effort subscription matches a reliable publisher; the nodes still publish reliable, which
+# a ros2_control driver's default (reliable) subscription needs.
+CONTROL_SUB_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT)
 
 # what a user can fix: bad parameter values or types, unknown tasks, malformed YAML
 CONFIGURATION_ERRORS = (ValueError, UserError, ParameterException)

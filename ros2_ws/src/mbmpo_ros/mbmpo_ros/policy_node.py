@@ -37,7 +37,7 @@ from mbmpo.deploy.worker import Worker
 from mbmpo.runtime import BundleError
 from mbmpo_interfaces.msg import PolicyBundle, Transition
 from mbmpo_interfaces.msg import TransitionBatch as TransitionBatchMsg
-from mbmpo_ros.common import declare, fill_batch, run_node, write_report
+from mbmpo_ros.common import CONTROL_SUB_QOS, declare, fill_batch, run_node, write_report
 
 BUNDLE_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 # 10 s at 1 kHz: a reliable KEEP_LAST history overwrites what the data node has not taken yet (a stalled
@@ -105,7 +105,7 @@ class PolicyNode(Node):
         if self.batch > 1:
             self.create_timer(BATCH_PERIOD_S, self.guarded(self.send_batch), callback_group=control)
         self.status_pub = self.create_publisher(String, "~/status", 10)
-        self.create_subscription(JointState, "joint_states", self.guarded(self.on_state), 10, callback_group=control)
+        self.create_subscription(JointState, "joint_states", self.guarded(self.on_state), CONTROL_SUB_QOS, callback_group=control)
         self.create_subscription(PolicyBundle, "policy_bundle", self.guarded(self.on_bundle), BUNDLE_QOS,
                                  callback_group=control)
         self.reset_client = self.create_client(Trigger, self.reset_service,

@@ -26,7 +26,7 @@ from mbmpo.deploy.contract import joint_state_entries
 from mbmpo.tasks import get_task
 from mbmpo.tasks.mujoco_names import state_names
 from mbmpo.tasks.perturb import apply_perturbations, parse_perturbations
-from mbmpo_ros.common import declare, run_node
+from mbmpo_ros.common import CONTROL_SUB_QOS, declare, run_node
 
 
 class SimNode(Node):
@@ -59,7 +59,7 @@ class SimNode(Node):
         self.pub = self.create_publisher(JointState, "joint_states", 10)
         self.status_pub = self.create_publisher(String, "~/status", 10)
         self.create_timer(1.0, self.publish_status)
-        self.create_subscription(Float64MultiArray, "commands", self.on_command, 10)
+        self.create_subscription(Float64MultiArray, "commands", self.on_command, CONTROL_SUB_QOS)
         self.create_service(Trigger, "~/reset", self.on_reset)
         self.env.reset(seed=seed)
         self.publish_state()
