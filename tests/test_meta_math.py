@@ -1,5 +1,6 @@
 """The inner step, the meta-gradient and the TRPO step against autograd, finite differences and the KL bound."""
 
+import pytest
 import torch
 
 from mbmpo.config import MetaConfig
@@ -183,3 +184,28 @@ def test_return_falling_compares_consecutive_window_means() -> None:
     assert not return_falling([1, 2, 3, 4], 2)
     assert return_falling([1, 5, 3, 2], 2)  # mean 2.5 < mean 3.0
     assert not return_falling([5, 1, 3, 2], 0)  # off
+
+
+@pytest.mark.parametrize("step", [InnerStep(lr=0.05), InnerStep(lr=0.1, kl=0.02)], ids=["fixed alpha", "kl step"])
+def test_gauss_newton_fisher_product_equals_the_kl_hessian_through_the_inner_step(step: InnerStep) -> None:
+    """The outer step's KL Hessian in theta, by autograd through the second-order inner step, against
+    sum_k J_k^T F_k J_k (double precision: the two must agree to rounding)."""
+    from mbmpo.meta.fisher import gauss_newton_fvp
+
+    torch.manual_seed(11)
+    params = _double(init_params(3, 2, (8, 8), 0.7))
+    pre, post = _traj(3, 4, 6, 3, 2, torch.float64), _traj(3, 4, 6, 3, 2, torch.float64)
+    batch = MetaBatch(pre, torch.randn(3, 4, 6, dtype=torch.float64) * pre.mask, post, post.act[..., 0] * post.mask)
+    theta = {k: v.clone().requires_grad_() for k, v in params.items()}
+    names = sorted(theta)
+    old = _old_post_policy(theta, batch, step)
+    _, kl, _ = _surrogate_and_kl(theta, batch, step, True, old)
+    kl_grad = torch.cat([g.reshape(-1) for g in torch.autograd.grad(kl, [theta[k] for k in names],
+                                                                      create_graph=True)])
+    fvp = gauss_newton_fvp(params, pre, batch.pre_adv, post, old[0], old[1], step)
+    for _ in range(3):
+        v = torch.randn(kl_grad.shape[0], dtype=torch.float64)
+        exact = torch.cat([h.reshape(-1) for h in torch.autograd.grad(kl_grad @ v, [theta[k] for k in names],
+                                                                        retain_graph=True)])
+        torch.testing.assert_close(fvp(v), exact, rtol=1e-8, atol=1e-10)
+    assert float(kl_grad.detach().norm()) < 1e-8  # at the old point, where Gauss-Newton is exact
