@@ -33,7 +33,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="with --init: also train on that run's transitions (not counted in --steps)")
     train.add_argument("--perturb", nargs="*", metavar="KEY=SCALE",
                        help="train on a shifted robot: scale mass, inertia, friction, gear, damping")
-    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("--no-progress", action="store_true",
+                       help="no progress bar: one line per iteration instead (for log files)")
     train.add_argument("--threads", type=int, default=0,
                        help="torch CPU threads (0: torch's default). Use 1 when other busy processes share the cores")
     train.add_argument("--device", metavar="cpu|cuda|cuda:N|auto",
@@ -119,6 +120,11 @@ def _train(args: argparse.Namespace) -> int:
                desc=f"MB-MPO {task.name}", disable=args.no_progress, dynamic_ncols=True)
 
     def report(row: ProgressRow) -> None:
+        if args.no_progress:
+            collect = "" if row.return_collect is None else f", collect {row.return_collect:.1f}"
+            print(f"iteration {row.iteration}: {row.real_steps} real steps, return pre {row.return_pre:.1f}, "
+                  f"post {row.return_post:.1f}{collect}, {row.wall_s:.0f} s", flush=True)
+            return
         bar.update(max(0, min(row.real_steps, args.steps) - bar.n))
         bar.set_postfix(ret_pre=f"{row.return_pre:.1f}", ret_post=f"{row.return_post:.1f}")
 

@@ -48,6 +48,7 @@ def test_train_then_eval_json_and_resume(tmp_path: Path, capsys: pytest.CaptureF
             "--no-progress"]
     assert main([*args, "--steps", "60"]) == 0
     steps_before = int(_rows(out)[-1]["real_steps"])
+    assert f"iteration 0: {steps_before} real steps, return pre" in capsys.readouterr().out  # a log line each
     assert main([*args, "--steps", "60"]) == 2  # refuses to overwrite a run
     assert "pass --resume" in capsys.readouterr().err
     assert main([*args, "--steps", "200", "--resume"]) == 0
