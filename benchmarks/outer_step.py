@@ -28,6 +28,7 @@ from mbmpo.meta.outer import _fisher_vector_product, _old_post_policy, inner_ste
 from mbmpo.models.ensemble import DynamicsEnsemble
 from mbmpo.policy.gaussian import flat, init_params
 from mbmpo.tasks import get_task
+from mbmpo.train.checkpoint import load_checkpoint
 from mbmpo.train.init import init_config
 from throughput import LoadMeter
 
@@ -61,7 +62,7 @@ def main() -> None:
     ensemble = DynamicsEnsemble(task.obs_dim, task.act_dim, cfg.model)
     gen = torch.Generator().manual_seed(0)
     if args.run:
-        ckpt = torch.load(args.run / "checkpoint.pt", weights_only=False)
+        ckpt = load_checkpoint(args.run)
         ensemble.load_state_dict(ckpt["ensemble"])
         params = ckpt["params"]
         data = np.load(args.run / "data.npz")
@@ -81,6 +82,7 @@ def main() -> None:
     v = torch.randn_like(flat(theta))
     times: dict[str, list[float]] = {"trpo gn": [], "trpo autograd": [], "fvp gn": [], "fvp autograd": []}
     supports = fisher.supports
+    trpo_step(params, batch, cfg.meta)  # warm-up, untimed
     try:
         for _ in range(args.repeats):  # the two forms alternate, so a change of load hits both alike
             for form in ("gn", "autograd"):
