@@ -72,3 +72,23 @@ def test_sim_to_real_recovery_is_the_share_of_the_loss_won_back() -> None:
     recovery, change = recoveries(rows, bundles=2)
     assert recovery == pytest.approx((0.5 + 0.0 + 0.0 + 1.0) / 4)
     assert change == pytest.approx((0.01 - 0.01) / 2)
+
+
+def test_model_adapt_corrects_the_ensemble_and_steps_in_imagination(tmp_path: Path) -> None:
+    """The screen of online adaptation through the models: every variant is evaluated on every shift, and the
+    correction never raises the held-out model error (it keeps the best held-out weights, the start included)."""
+    from mbmpo.cli import main as cli
+    from model_adapt import main
+
+    run = tmp_path / "run"
+    tiny = Path(__file__).resolve().parent / "configs" / "tiny.yaml"
+    assert cli(["train", "--task", "InvertedPendulum-v5", "--steps", "100", "--out", str(run), "--config", str(tiny),
+                "--no-progress"]) == 0
+    rows = main(["--run", str(run), "--task", "InvertedPendulum-v5", "--seeds", "1", "--episodes", "1",
+                 "--adapt-episodes", "2", "--fit-steps", "5", "--steps", "1", "2", "--out", str(tmp_path / "rows.json"),
+                 "--shifts", "nominal", "mass x1.3"])
+    assert [r["dynamics"] for r in rows] == ["nominal", "mass x1.3"]
+    for r in rows:
+        assert {"real", "imagined x1", "imagined x2", "corrected x1", "corrected x2"} <= r.keys()
+        assert all(0 < r[k] <= 1000 for k in ("before", "real", "corrected x2")), r
+        assert r["error_after_fit"] <= r["error_before_fit"], r
