@@ -14,6 +14,8 @@ sim_to_real.py and nominal) and evaluation seed, with the run's meta-policy and 
   fresh episodes' states (no correction: isolates the imagination);
 - `corrected`: the same in a copy of the ensemble fine-tuned on the fresh transitions (`--fit-steps` Adam
   steps, best held-out loss kept);
+- `residual`: the same in the ensemble plus a per-member linear correction fitted by ridge regression (what a
+  torch-free runtime could compute on the robot);
 
 and the models' one-step error on held-out fresh transitions before and after the correction (normalised MSE,
 the fit's loss): whether the ensemble ever saw dynamics like the shifted robot's. Recovery as in sim_to_real.py:
@@ -24,8 +26,10 @@ a screen of a lever, on one run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -90,25 +94,33 @@ def transitions(episodes: list[Episode]) -> tuple[torch.Tensor, torch.Tensor, to
     return tuple(torch.as_tensor(x, dtype=torch.float32) for x in (obs, act, nxt))  # type: ignore[return-value]
 
 
-def corrected(ensemble: DynamicsEnsemble, episodes: list[Episode], fit_steps: int, lr: float,
-              gen: torch.Generator) -> tuple[DynamicsEnsemble, float, float]:
-    """A copy fine-tuned on the fresh transitions (normalisers kept), full-batch Adam, with the weights of the
-    best held-out loss (on a fifth of the transitions); (copy, held-out loss before the fit, after it)."""
-    model = copy.deepcopy(ensemble)
-    obs, act, nxt = transitions(episodes)
-    x, y = model.normalized_io(obs, act, nxt)
+def split(ensemble: DynamicsEnsemble, episodes: list[Episode], gen: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """The fresh transitions as the ensemble's normalised inputs and targets, a fifth held out:
+    (x_train B x F, y_train B x D, x_valid, y_valid)."""
+    x, y = ensemble.normalized_io(*transitions(episodes))
     perm = torch.randperm(x.shape[0], generator=gen)
     cut = max(1, x.shape[0] // 5)
-    (xv, yv), (xt, yt) = (x[perm[:cut]], y[perm[:cut]]), (x[perm[cut:]], y[perm[cut:]])
+    return x[perm[cut:]], y[perm[cut:]], x[perm[:cut]], y[perm[:cut]]
+
+
+def heldout(predict: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> float:
+    """Normalised one-step MSE, mean over members: predict maps B x F to E x B x D."""
+    with torch.no_grad():
+        return float(((predict(x) - y) ** 2).mean())
+
+
+def finetuned(ensemble: DynamicsEnsemble, data: tuple[torch.Tensor, ...], fit_steps: int,
+              lr: float) -> tuple[DynamicsEnsemble, float]:
+    """A copy fine-tuned on the fresh transitions (normalisers kept), full-batch Adam, with the weights of the
+    best held-out loss (the start included); (copy, its held-out loss)."""
+    model = copy.deepcopy(ensemble)
+    xt, yt, xv, yv = data
     xt, xv = xt.expand(model.members, *xt.shape), xv.expand(model.members, *xv.shape)
     params = [p for layer in model.layers for p in layer.parameters()]
     opt = torch.optim.Adam(params, lr=lr)
     best = (float("inf"), [p.detach().clone() for p in params])
-    before = float("nan")
     for i in range(fit_steps + 1):
-        with torch.no_grad():
-            val = float(((model(xv) - yv) ** 2).mean())
-        before = val if i == 0 else before
+        val = heldout(lambda x: model(x), xv, yv)
         if val < best[0]:
             best = (val, [p.detach().clone() for p in params])
         if i == fit_steps:
@@ -120,7 +132,47 @@ def corrected(ensemble: DynamicsEnsemble, episodes: list[Episode], fit_steps: in
     with torch.no_grad():
         for p, b in zip(params, best[1]):
             p.copy_(b)
-    return model, before, best[0]
+    return model, best[0]
+
+
+class ResidualCorrected:
+    """The ensemble plus a per-member linear correction of its normalised output, w_e: (F + 1) x D on [x, 1]:
+    a correction a torch-free runtime can fit in closed form. Duck-types the ensemble for `imagine`."""
+
+    def __init__(self, ensemble: DynamicsEnsemble, weights: torch.Tensor):
+        self.ensemble, self.weights, self.members = ensemble, weights, ensemble.members  # weights E x (F+1) x D
+
+    def frozen_weights(self) -> contextlib.AbstractContextManager:
+        return self.ensemble.frozen_weights()
+
+    def normalized(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised prediction for normalised inputs E x B x F (or B x F): E x B x D."""
+        x = x.expand(self.members, *x.shape[-2:])
+        return self.ensemble(x) + torch.cat([x, torch.ones_like(x[..., :1])], -1) @ self.weights
+
+    @torch.no_grad()
+    def predict(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        """Raw next states: obs E x B x D, act E x B x A -> E x B x D."""
+        x = self.ensemble.in_norm.normalize(torch.cat([obs, act], -1))
+        return obs + self.ensemble.out_norm.denormalize(self.normalized(x))
+
+
+def ridge(x: torch.Tensor, r: torch.Tensor, lam: float) -> torch.Tensor:
+    """argmin_W |[x, 1] W - r|^2 + lam n |W|^2 per member: x B x F, r E x B x D -> E x (F+1) x D."""
+    xb = torch.cat([x, torch.ones_like(x[:, :1])], -1).double()
+    gram = xb.T @ xb + lam * x.shape[0] * torch.eye(xb.shape[1], dtype=torch.float64)
+    return torch.linalg.solve(gram, xb.T @ r.double()).float()
+
+
+def residual(ensemble: DynamicsEnsemble, data: tuple[torch.Tensor, ...]) -> tuple[ResidualCorrected, float]:
+    """The ridge correction whose strength (of 1e-3 .. 1) gives the lowest held-out loss; (model, that loss)."""
+    xt, yt, xv, yv = data
+    with torch.no_grad():
+        r = yt - ensemble(xt.expand(ensemble.members, *xt.shape))
+    fits = [ResidualCorrected(ensemble, ridge(xt, r, lam)) for lam in (1e-3, 1e-2, 1e-1, 1.0)]
+    scored = [(heldout(m.normalized, xv, yv), i) for i, m in enumerate(fits)]
+    loss, best = min(scored)
+    return fits[best], loss
 
 
 def evaluate(task: TaskSpec, params: Params, shift: dict[str, float], seed: int, episodes: int) -> float:
@@ -168,7 +220,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     meta_params = {k: v.detach() for k, v in policy_part(ckpt["params"]).items()}
     print(f"{args.run}: iteration {ckpt['iteration']}, {ckpt['real_steps']:,} real steps, step "
           f"{inner_step(cfg.meta)}, policy std {float(torch.exp(meta_params['log_std']).mean()):.3f}")
-    variants = ["real"] + [f"{kind} x{s}" for kind in ("imagined", "corrected") for s in args.steps]
+    variants = ["real"] + [f"{kind} x{s}" for kind in ("imagined", "corrected", "residual")
+                          for s in args.steps]
     rows = []
     for label in ["nominal", *[s for s in args.shifts if s != "nominal"]]:
         shift = SHIFTS[label]
@@ -179,9 +232,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
             fresh = fresh_episodes(task, meta_params, shift, base + 500, args.adapt_episodes)
             row["real"] = evaluate(task, step_on(meta_params, *pad(fresh), cfg.meta), shift, base, args.episodes)
             starts = transitions(fresh)[0]
-            model, row["error_before_fit"], row["error_after_fit"] = corrected(ensemble, fresh, args.fit_steps,
-                                                                                args.fit_lr, gen)
-            for kind, ens in (("imagined", ensemble), ("corrected", model)):
+            data = split(ensemble, fresh, gen)
+            row["error_before_fit"] = heldout(lambda x: ensemble(x.expand(ensemble.members, *x.shape)), *data[2:])
+            tuned, row["error_after_fit"] = finetuned(ensemble, data, args.fit_steps, args.fit_lr)
+            linear, row["error_after_residual"] = residual(ensemble, data)
+            for kind, ens in (("imagined", ensemble), ("corrected", tuned), ("residual", linear)):
                 policies = imagined_steps(ens, meta_params, starts, task, cfg.meta, max(args.steps), gen)
                 for s in args.steps:
                     row[f"{kind} x{s}"] = evaluate(task, policies[s - 1], shift, base, args.episodes)
@@ -196,7 +251,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 def summarise(rows: list[dict], variants: list[str]) -> None:
     """A table of mean changes per shift and variant, and the recovery over the shifts per variant."""
     nominal = float(np.mean([r["before"] for r in rows if r["dynamics"] == "nominal"]))
-    print("\n| dynamics | model error before / after fit | before | " + " | ".join(variants) + " |")
+    print("\n| dynamics | model error: before / fine-tuned / residual | before | " + " | ".join(variants) + " |")
     print("|---|---|---|" + "---|" * len(variants))
     recovery: dict[str, list[float]] = {v: [] for v in variants}
     for label in dict.fromkeys(r["dynamics"] for r in rows):
@@ -208,8 +263,8 @@ def summarise(rows: list[dict], variants: list[str]) -> None:
             cells.append(f"{change.mean():+.1f} ({int((change > 0).sum())}/{len(change)})")
             if label != "nominal":
                 recovery[v].append(float(change.mean()) / max(nominal - before, 1e-6))
-        err = (np.mean([r["error_before_fit"] for r in sub]), np.mean([r["error_after_fit"] for r in sub]))
-        print(f"| {label} | {err[0]:.3f} / {err[1]:.3f} | {before:.1f} | " + " | ".join(cells) + " |")
+        err = [np.mean([r[k] for r in sub]) for k in ("error_before_fit", "error_after_fit", "error_after_residual")]
+        print(f"| {label} | {err[0]:.3f} / {err[1]:.3f} / {err[2]:.3f} | {before:.1f} | " + " | ".join(cells) + " |")
     print("recovery (mean over shifts): " + ", ".join(f"{v} {np.mean(r):.3f}" for v, r in recovery.items() if r))
 
 
