@@ -10,8 +10,8 @@ sim_to_real.py and nominal) and evaluation seed, with the run's meta-policy and 
 
 - before: the deterministic meta-policy's return on the shifted robot;
 - `real`: one step on the `--adapt-episodes` fresh sampled episodes (what the runtime does);
-- `imagined`: `S` steps, each on K x rollouts_per_task imagined rollouts of the run's ensemble started from the
-  fresh episodes' states (no correction: isolates the imagination);
+- `imagined`: `S` steps, each on K x rollouts_per_task imagined rollouts of the run's ensemble started where
+  training's start (`meta.start_states`: the fresh episodes' first states, or all their states); no correction;
 - `corrected`: the same in a copy of the ensemble fine-tuned on the fresh transitions (`--fit-steps` Adam
   steps, best held-out loss kept);
 - `residual`: the same in the ensemble plus a per-member linear correction fitted by ridge regression (what a
@@ -231,7 +231,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             row: dict = {"dynamics": label, "seed": seed, "before": evaluate(task, meta_params, shift, base, args.episodes)}
             fresh = fresh_episodes(task, meta_params, shift, base + 500, args.adapt_episodes)
             row["real"] = evaluate(task, step_on(meta_params, *pad(fresh), cfg.meta), shift, base, args.episodes)
-            starts = transitions(fresh)[0]
+            starts = (torch.as_tensor(np.stack([ep.obs[0] for ep in fresh])) if cfg.meta.start_states == "reset"
+                      else transitions(fresh)[0])  # where training's imagination starts, from the fresh episodes
             data = split(ensemble, fresh, gen)
             row["error_before_fit"] = heldout(lambda x: ensemble(x.expand(ensemble.members, *x.shape)), *data[2:])
             tuned, row["error_after_fit"] = finetuned(ensemble, data, args.fit_steps, args.fit_lr)
