@@ -11,7 +11,7 @@ sim_to_real.py and nominal) and evaluation seed, with the run's meta-policy and 
 - before: the deterministic meta-policy's return on the shifted robot;
 - `real`: one step on the `--adapt-episodes` fresh sampled episodes (what the runtime does);
 - `imagined`: `S` steps, each on K x rollouts_per_task imagined rollouts of the run's ensemble started where
-  training's start (`meta.start_states`: the fresh episodes' first states, or all their states); no correction;
+  training's imagination starts (`meta.start_states`: the fresh episodes' first states, or all their states); no correction;
 - `corrected`: the same in a copy of the ensemble fine-tuned on the fresh transitions (`--fit-steps` Adam
   steps, best held-out loss kept);
 - `residual`: the same in the ensemble plus a per-member linear correction fitted by ridge regression (what a

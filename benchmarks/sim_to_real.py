@@ -38,15 +38,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--episodes", type=int, default=5)
     parser.add_argument("--adapt-episodes", type=int, default=4)
     parser.add_argument("--adapt-kl", type=float, help="scale the step to this KL (default: the bundle's step)")
-    parser.add_argument("--adapt-steps", type=int, default=1, help="steps on the same fresh episodes")
+    parser.add_argument("--adapt-steps", type=int, default=1, help="steps on the same fresh episodes (with --through "
+                        "models: at most this many steps in the corrected models)")
+    parser.add_argument("--through", choices=["episodes", "models"], default="episodes",
+                        help="adapt on the fresh episodes (the step's data), or through the bundle's dynamics models "
+                             "corrected to them")
     parser.add_argument("--shifts", nargs="+", choices=list(PERTURBATIONS), default=list(PERTURBATIONS),
                         help="dynamics to evaluate (nominal is always kept: recoveries are relative to it)")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--record", action="store_true")
     parser.add_argument("--plot", type=Path, help="plot file (default: benchmarks/plots/<task>_sim_to_real.png)")
     args = parser.parse_args(argv)
-    if args.record and (set(PERTURBATIONS) - {"nominal"} - set(args.shifts) or args.adapt_kl or args.adapt_steps != 1):
-        parser.error("--record measures the bundle's own step on every shift (no --shifts, --adapt-kl, --adapt-steps)")
+    if args.record and (set(PERTURBATIONS) - {"nominal"} - set(args.shifts) or args.adapt_kl):
+        parser.error("--record measures the bundle's own step on every shift (no --shifts, --adapt-kl)")
     task = get_task(args.task)
     rows = []
     print("| dynamics | return before adaptation | after one step | change | KL(pre||post), accepted steps | refused |")
@@ -58,7 +62,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for bundle in args.policy:
             for seed in range(args.seeds):
                 r = evaluate_bundle(bundle, task, args.episodes, True, perturb, args.adapt_episodes, seed=1000 * seed,
-                                    adapt_kl=args.adapt_kl, adapt_steps=args.adapt_steps)
+                                    adapt_kl=args.adapt_kl, adapt_steps=args.adapt_steps, through=args.through)
                 pre.append(r["return_pre_mean"])
                 post.append(r["return_adapted_mean"])
                 kls.append(r.get("adapt_kl", float("nan")))
@@ -73,7 +77,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         args.out.write_text(json.dumps(rows, indent=2))
     plot(args.task, rows, args.plot or PLOTS / f"{args.task}_sim_to_real.png")
     if args.record:
-        record_figures(args.task, recovery, nominal_change, len(args.policy), args.seeds)
+        how = f"adapted through the {args.through}, up to {args.adapt_steps} step(s) from {args.adapt_episodes} episodes"
+        record_figures(args.task, recovery, nominal_change, len(args.policy), args.seeds, how)
     return rows
 
 
@@ -113,10 +118,10 @@ def plot(task: str, rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def record_figures(task: str, recovery: float, nominal_change: float, bundles: int, seeds: int) -> None:
+def record_figures(task: str, recovery: float, nominal_change: float, bundles: int, seeds: int, how: str) -> None:
     from results import RESULTS, record
 
-    what = f"{task}, {bundles} training seeds x {seeds} evaluation seeds, 4 shifts"
+    what = f"{task}, {bundles} training seeds x {seeds} evaluation seeds, 4 shifts, {how}"
     record(f"sim_to_real_recovery_{task}", recovery, f"(after - before) / (nominal - before), mean; {what}")
     record(f"sim_to_real_nominal_change_{task}", nominal_change, f"(after - before) / before unshifted; {what}")
     records = {r["name"]: r["value"] for r in json.loads(RESULTS.read_text())}

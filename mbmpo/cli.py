@@ -58,6 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--run", required=True, type=Path, help="run directory")
     ex.add_argument("--out", required=True, type=Path, help="bundle directory to write")
     ex.add_argument("--task", help="task of the run (default: the one recorded in the run)")
+    ex.add_argument("--no-models", action="store_true",
+                    help="leave the dynamics models out (the policy node then cannot adapt through them)")
     return parser
 
 
@@ -79,8 +81,10 @@ def _run_task(run: Path, task: str | None):
 def _export(args: argparse.Namespace) -> int:
     from mbmpo.export.bundle import export_run
 
-    manifest = export_run(args.run, _run_task(args.run, args.task), args.out)
-    print(f"wrote bundle {args.out} ({manifest['policy_version']}, {manifest['n_explore']} exploration policies)")
+    manifest = export_run(args.run, _run_task(args.run, args.task), args.out, with_models=not args.no_models)
+    models = f", dynamics models {manifest['models']['members']} members" if "models" in manifest else ""
+    print(f"wrote bundle {args.out} ({manifest['policy_version']}, {manifest['n_explore']} exploration policies"
+          f"{models})")
     return 0
 
 

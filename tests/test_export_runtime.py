@@ -52,7 +52,7 @@ def test_manifest_is_the_contract(bundle: Path) -> None:
     assert m["task"] == "HalfCheetah-v5" and m["obs_dim"] == 17 and m["act_dim"] == 6
     assert m["obs_names"][0] == "qpos:rootz" and m["act_names"][0] == "bthigh"
     assert m["control_period_s"] == pytest.approx(0.05) and m["act_low"] == [-1.0] * 6
-    assert set(m["files"]) == {"policy.onnx", "adapt.onnx", "params.npz", "reward.py"}
+    assert set(m["files"]) == {"policy.onnx", "adapt.onnx", "params.npz", "reward.py", "models.npz"}  # models: default
     import onnx
 
     meta = {p.key: p.value for p in onnx.load(str(bundle / "policy.onnx")).metadata_props}
@@ -117,6 +117,8 @@ def test_runtime_imports_no_torch(bundle: Path) -> None:
         "a = p.act(np.zeros(17)); assert a.shape == (6,)\n"
         "obs = np.random.default_rng(0).standard_normal((11, 17)).astype(np.float32)\n"
         "q = p.adapt([(obs, np.zeros((10, 6), np.float32))]); assert q is not p\n"
+        "try: p.adapt_in_models([(obs, np.zeros((10, 6), np.float32))])\n"  # through the models: numpy only
+        "except rt.AdaptationRefused: pass\n"
         "assert 'gymnasium' not in sys.modules and 'mujoco' not in sys.modules\n"
         "print('ok')\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)

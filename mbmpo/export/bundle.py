@@ -6,6 +6,7 @@
     PDIR/params.npz      meta-parameters, the K x m adapted parameter sets of the last iteration, and the
                          learned inner step sizes (step/<name>) when training learned them
     PDIR/reward.py       the task's reward/termination functions (numpy-compatible source)
+    PDIR/models.npz      (optional) the dynamics ensemble, for adaptation through the models on the robot
     PDIR/manifest.json   the contract: sizes, joint order, limits, control period, the inner step (alpha, or
                          adapt_kl for training's KL-normalised step), advantage settings, versions, and the
                          sha256 of every other file
@@ -24,9 +25,11 @@ import numpy as np
 import onnx
 import torch
 
+from mbmpo.config import config_from_dict
 from mbmpo.errors import UserError
 from mbmpo.export.graphs import AdaptGraph, PolicyGraph, param_names
 from mbmpo.meta.inner import STEP_PREFIX
+from mbmpo.models.ensemble import DynamicsEnsemble, EnsembleLinear
 from mbmpo.policy.gaussian import Params, n_layers
 from mbmpo.runtime.format import FILES, FORMAT, function_source, sha256
 from mbmpo.tasks.base import TaskSpec
@@ -58,17 +61,42 @@ def _add_defaults_and_metadata(path: Path, defaults: dict[str, np.ndarray], meta
     onnx.save(model, str(path))
 
 
-def export_run(run_dir: Path, task: TaskSpec, out_dir: Path, adapt_max_kl: float = 1.0) -> dict[str, Any]:
-    """Write the bundle for the run's latest checkpoint; returns the manifest."""
+def export_run(run_dir: Path, task: TaskSpec, out_dir: Path, adapt_max_kl: float = 1.0,
+               with_models: bool = True) -> dict[str, Any]:
+    """Write the bundle for the run's latest checkpoint (with its dynamics models unless `with_models` is
+    False); returns the manifest."""
     ckpt = load_checkpoint(run_dir)
     check_task_matches(ckpt, task.name, task.obs_dim, task.act_dim, run_dir)
+    models = None
+    if with_models:
+        cfg = config_from_dict(ckpt["config"], source=str(run_dir / "checkpoint.pt"))
+        ensemble = DynamicsEnsemble(task.obs_dim, task.act_dim, cfg.model)
+        ensemble.load_state_dict(ckpt["ensemble"])
+        models = ensemble
     return export_policy(ckpt["params"], ckpt["adapted"], task, ckpt["config"]["meta"], int(ckpt["iteration"]),
-                         int(ckpt["real_steps"]), out_dir, adapt_max_kl)
+                         int(ckpt["real_steps"]), out_dir, adapt_max_kl, models)
+
+
+def model_arrays(ensemble: DynamicsEnsemble) -> dict[str, np.ndarray]:
+    """The ensemble as the runtime's models.npz holds it: effective (weight-normalised) weights w{i}
+    E x in x out, biases b{i} E x 1 x out, and the normalisers' statistics."""
+    with torch.no_grad():
+        arrays = {}
+        for i, layer in enumerate(ensemble.layers):
+            assert isinstance(layer, EnsembleLinear)
+            arrays[f"w{i}"] = layer.weight().float().cpu().numpy()
+            arrays[f"b{i}"] = layer.b.float().cpu().numpy()
+        for name, norm in (("in", ensemble.in_norm), ("out", ensemble.out_norm)):
+            arrays[f"{name}_mean"] = norm.mean.float().cpu().numpy()
+            arrays[f"{name}_std"] = norm.std.float().cpu().numpy()
+    return arrays
 
 
 def export_policy(params: Params, adapted: Params, task: TaskSpec, meta_cfg: dict[str, Any], iteration: int,
-                  real_steps: int, out_dir: Path, adapt_max_kl: float = 1.0) -> dict[str, Any]:
-    """Write a bundle for meta-parameters and task-batched exploration parameters; returns the manifest."""
+                  real_steps: int, out_dir: Path, adapt_max_kl: float = 1.0,
+                  models: DynamicsEnsemble | None = None) -> dict[str, Any]:
+    """Write a bundle for meta-parameters and task-batched exploration parameters, and the dynamics models
+    when given (adaptation through the models on the robot); returns the manifest."""
     params = {k: v.detach().float().cpu() for k, v in params.items()}  # exported from the CPU, whatever trained
     adapted = {k: v.detach().float().cpu() for k, v in adapted.items()}
     layers = n_layers(params)
@@ -136,7 +164,16 @@ def export_policy(params: Params, adapted: Params, task: TaskSpec, meta_cfg: dic
         "termination": None if termination is None else {"file": "reward.py", "function": termination},
         "files": {},
     }
-    for name in FILES:
+    files = list(FILES)
+    if models is not None:
+        np.savez(out_dir / "models.npz", **model_arrays(models))  # type: ignore[arg-type]
+        files.append("models.npz")
+        manifest["models"] = {"file": "models.npz", "members": models.members, "activation": models.activation_name,
+                              "rollouts_per_task": int(meta_cfg["rollouts_per_task"]),
+                              "horizon": int(meta_cfg.get("horizon", 0)) or task.horizon,
+                              "start_states": str(meta_cfg.get("start_states", "reset")),
+                              "clip_obs": float(meta_cfg.get("clip_obs", 1000.0))}
+    for name in files:
         manifest["files"][name] = sha256(out_dir / name)
     tmp = out_dir / "manifest.json.tmp"
     tmp.write_text(json.dumps(manifest, indent=2))

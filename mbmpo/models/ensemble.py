@@ -58,6 +58,7 @@ class DynamicsEnsemble(nn.Module):
         self.layers = nn.ModuleList(
             EnsembleLinear(cfg.ensemble_size, a, b, cfg.weight_norm) for a, b in zip(sizes[:-1], sizes[1:]))
         self.activation: Callable[[Tensor], Tensor] = _ACT[cfg.activation]
+        self.activation_name = cfg.activation  # the runtime's models name it (mbmpo.runtime.models)
         self.in_norm = Normalizer(obs_dim + act_dim, cfg.min_std)
         self.out_norm = Normalizer(obs_dim, cfg.min_std)
 

@@ -14,6 +14,7 @@ import numpy as np
 import onnxruntime as ort
 
 from mbmpo.runtime.format import FILES, FORMAT, sha256
+from mbmpo.runtime.models import Models
 
 
 class BundleError(ValueError):
@@ -34,6 +35,7 @@ class Bundle:
     reward_fn: Callable[..., Any]
     termination_fn: Callable[..., Any] | None
     step_sizes: dict[str, np.ndarray] = field(default_factory=dict)  # learned inner step sizes (alpha per parameter)
+    models: Models | None = None  # the dynamics ensemble (models.npz), when the bundle carries it
     explore_cache: dict[int, Any] = field(default_factory=dict)  # k -> the runtime's Policy, built once
 
     @property
@@ -118,7 +120,28 @@ def load_bundle(path: str | Path) -> Bundle:
     term = manifest.get("termination")
     termination = _load_function(path / "reward.py", term["function"]) if term else None
     return Bundle(path, manifest, policy_session, policy_bytes, _session(path / "adapt.onnx"), meta, explore, reward,
-                  termination, steps)
+                  termination, steps, _load_models(path, manifest))
+
+
+def _load_models(path: Path, manifest: dict[str, Any]) -> Models | None:
+    """The optional models.npz, verified like every other file and checked against the manifest's sizes."""
+    spec = manifest.get("models")
+    if not spec:
+        return None
+    file = path / "models.npz"
+    if not file.is_file():
+        raise BundleError(f"{path}: the manifest lists dynamics models but models.npz is missing")
+    if sha256(file) != manifest.get("files", {}).get("models.npz"):
+        raise BundleError(f"{file}: sha256 does not match the manifest")
+    try:
+        models = Models.load(file, spec["activation"])
+    except (KeyError, ValueError, OSError) as err:
+        raise BundleError(f"{file}: unreadable dynamics models: {err}") from None
+    obs_dim, act_dim = int(manifest["obs_dim"]), int(manifest["act_dim"])
+    if models.weights[0].shape[1] != obs_dim + act_dim or models.obs_dim != obs_dim:
+        raise BundleError(f"{file}: models map {models.weights[0].shape[1]} inputs to {models.obs_dim} states; the "
+                          f"manifest says {obs_dim} observations + {act_dim} actions -> {obs_dim}")
+    return models
 
 
 def policy_session(bundle: Bundle, params: dict[str, np.ndarray]) -> ort.InferenceSession:

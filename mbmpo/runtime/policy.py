@@ -6,13 +6,14 @@ swap policies atomically at an episode boundary or keep the old one.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from mbmpo.runtime.advantages import advantages, pad_episodes
 from mbmpo.runtime.bundle import Bundle, load_bundle, policy_session
+from mbmpo.runtime.models import imagine
 
 _RNG = np.random.default_rng()
 
@@ -47,6 +48,7 @@ class Policy:
         # meta-policy's log-std and adapted or exploration policies sampled with the wrong std
         self.log_std = np.asarray(params["log_std"], np.float32)
         self.kl_from_parent = 0.0  # an adapted policy: mean KL(parent || self) on the data it adapted on
+        self.adapt_info: dict[str, float] = {}  # an adapted policy: what its adaptation measured
         self._low = np.asarray(bundle.manifest["act_low"], np.float32)
         self._high = np.asarray(bundle.manifest["act_high"], np.float32)
 
@@ -184,6 +186,67 @@ class Policy:
                 with np.errstate(all="ignore"):
                     size = kl_scaled_step(size, self.kl_to(trial, obs), target)
         return {k: self.params[k] - np.float32(size) * g for k, g in grad.items()}
+
+    def sampler(self, rng: np.random.Generator) -> Callable[[np.ndarray], np.ndarray]:
+        """states B x D -> actions sampled from this policy, B x A, not clipped (imagination's log-probabilities
+        are of the samples)."""
+        def act(obs: np.ndarray) -> np.ndarray:
+            mean, log_std = self.distribution(np.ascontiguousarray(obs, np.float32))
+            return mean + np.exp(log_std) * rng.standard_normal(mean.shape, dtype=np.float32)
+        return act
+
+    def adapt_in_models(self, episodes: Sequence[tuple[np.ndarray, ...]], steps: int = 1,
+                        max_kl: float | None = None, rng: np.random.Generator | None = None) -> Policy:
+        """Adaptation through the models: the bundle's ensemble is corrected to the fresh episodes (obs (L+1) x D,
+        act L x A; `Models.corrected`), then up to `steps` of training's inner step, each on imagined rollouts
+        of the corrected members (the data the step was meta-trained on) and each under `max_kl`. A step is
+        kept only if the imagined return of the policy it gives rises (same start states and noise); raises
+        `AdaptationRefused` when the first does not, or when the bundle carries no models."""
+        models, spec = self.bundle.models, self.manifest.get("models")
+        if models is None or not spec:
+            raise AdaptationRefused(f"bundle '{self.manifest['policy_version']}' carries no dynamics models "
+                                    "(export it with them to adapt through the models)")
+        if steps < 1:
+            raise ValueError(f"adapt_in_models: steps must be >= 1, got {steps}")
+        rng = rng or np.random.default_rng()
+        obs = [self._check_obs(ep[0]) for ep in episodes]
+        if not obs or sum(len(o) - 1 for o in obs) < 5:
+            raise ValueError("adapt_in_models needs at least 5 fresh transitions")
+        states = np.concatenate([o[:-1] for o in obs])
+        act = np.concatenate([np.asarray(ep[1], np.float32) for ep in episodes])
+        if act.shape != (len(states), self.bundle.act_dim) or not np.isfinite(act).all():
+            raise ValueError(f"episodes' actions have shape {act.shape} (or non-finite values); expected "
+                             f"({len(states)}, {self.bundle.act_dim})")
+        corrected, err_before, err_after = models.corrected(states, act, np.concatenate([o[1:] for o in obs]), rng)
+        starts = np.stack([o[0] for o in obs]) if spec["start_states"] == "reset" else states
+        seed = int(rng.integers(2**31))
+        low, high = np.asarray(self.manifest["act_low"], np.float32), np.asarray(self.manifest["act_high"], np.float32)
+
+        def rollouts(policy: Policy) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+            common = np.random.default_rng(seed)  # the same starts and noise for every policy compared
+            return imagine(policy.sampler(common), corrected, starts, int(spec["rollouts_per_task"]),
+                           int(spec["horizon"]), float(spec["clip_obs"]), self.bundle.reward_fn,
+                           self.bundle.termination_fn, low, high, common)
+
+        current, batch = self, rollouts(self)
+        returns = [float(np.mean([r.sum() for _, _, r in batch]))]
+        for _ in range(steps):
+            candidate = current._adapt_once(batch, None, max_kl, None)
+            trial = rollouts(candidate)
+            value = float(np.mean([r.sum() for _, _, r in trial]))
+            if not value > returns[-1]:
+                break
+            current, batch = candidate, trial
+            returns.append(value)
+        if current is self:
+            raise AdaptationRefused(f"the step did not raise the imagined return in the corrected models "
+                                    f"({returns[0]:.1f} before); keeping '{self.name}'")
+        current.name = f"{self.name}+adapted"
+        current.kl_from_parent = self.kl_to(current, states)
+        current.adapt_info = {"model_error_before": err_before, "model_error_after": err_after,
+                              "imagined_return_before": returns[0], "imagined_return_after": returns[-1],
+                              "steps": float(len(returns) - 1)}
+        return current
 
     def kl_to(self, other: Policy, obs: np.ndarray) -> float:
         """Mean KL(self || other) over states obs B x D."""

@@ -39,11 +39,15 @@ def check_contract(policy: Policy, task: TaskSpec) -> None:
 
 def evaluate_bundle(pdir: Path, task: TaskSpec, episodes: int, adapt: bool, perturb: dict[str, float],
                     adapt_episodes: int = 4, seed: int = 12345, adapt_kl: float | None = None,
-                    adapt_steps: int = 1) -> dict[str, Any]:
+                    adapt_steps: int = 1, through: str = "episodes") -> dict[str, Any]:
     """Returns before (meta-policy, `return_pre_*`) and, with `adapt`, after ONE adaptation step from fresh
     real episodes (`return_adapted_*`; `return_post` names the model-adapted policies of training). The step
     is the bundle's (training's step size) unless `adapt_kl` scales it to that KL; `adapt_steps` > 1 takes
-    more steps on the same episodes, each from the last and under the KL bound (`adapt_kl` the total)."""
+    more steps on the same episodes, each from the last and under the KL bound (`adapt_kl` the total).
+    `through="models"` adapts through the bundle's dynamics models instead (`Policy.adapt_in_models`: up to
+    `adapt_steps` steps on imagined rollouts of the models corrected to the fresh episodes)."""
+    if through not in ("episodes", "models"):
+        raise UserError(f"adapt through '{through}': expected 'episodes' or 'models'")
     if episodes < 1:
         raise UserError("--episodes must be >= 1")
     try:
@@ -61,8 +65,11 @@ def evaluate_bundle(pdir: Path, task: TaskSpec, episodes: int, adapt: bool, pert
     if adapt:
         fresh = [runtime_episode(policy, env, seed + 1000 + i, task.horizon, False, rng) for i in range(adapt_episodes)]
         try:
-            adapted = policy.adapt([(o, a) for o, a, _ in fresh], kl=adapt_kl, steps=adapt_steps)
+            pieces = [(o, a) for o, a, _ in fresh]
+            adapted = policy.adapt(pieces, kl=adapt_kl, steps=adapt_steps) if through == "episodes" else \
+                policy.adapt_in_models(pieces, steps=adapt_steps, rng=np.random.default_rng(seed + 7))
             result["adapt_kl"] = adapted.kl_from_parent
+            result.update(adapted.adapt_info)
         except AdaptationRefused as err:
             adapted, result["adapt_refused"] = policy, str(err)
         post = [runtime_episode(adapted, env, seed + i, task.horizon, True, rng)[2] for i in range(episodes)]

@@ -1,0 +1,127 @@
+"""The bundle's dynamics models on the robot: equal to the trained ensemble, corrected to a shifted robot by a
+ridge fit, imagined rollouts by hand, and adaptation through them (or a clear refusal)."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mbmpo.cli import main
+from mbmpo.config import config_from_dict
+from mbmpo.models.ensemble import DynamicsEnsemble
+from mbmpo.runtime import AdaptationRefused, BundleError, load
+from mbmpo.runtime.models import Models, imagine
+from mbmpo.tasks import get_task
+from mbmpo.train.evaluate_bundle import evaluate_bundle
+
+TINY = Path(__file__).resolve().parent / "configs" / "tiny.yaml"
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("models") / "run"
+    assert main(["train", "--task", "HalfCheetah-v5", "--steps", "100", "--out", str(out), "--config", str(TINY),
+                 "--no-progress"]) == 0
+    assert main(["export", "--run", str(out), "--out", str(out.parent / "bundle")]) == 0
+    return out
+
+
+def test_the_bundles_models_predict_what_the_trained_ensemble_predicts(run: Path) -> None:
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
+    ensemble = DynamicsEnsemble(17, 6, config_from_dict(ckpt["config"]).model)
+    ensemble.load_state_dict(ckpt["ensemble"])
+    models = load(run.parent / "bundle").bundle.models
+    assert models is not None and models.members == ensemble.members
+    rng = np.random.default_rng(0)
+    obs = rng.standard_normal((ensemble.members, 7, 17)).astype(np.float32)
+    act = rng.uniform(-1, 1, (ensemble.members, 7, 6)).astype(np.float32)
+    expected = ensemble.predict(torch.as_tensor(obs), torch.as_tensor(act)).numpy()
+    np.testing.assert_allclose(models.predict(obs, act), expected, rtol=1e-4, atol=1e-5)
+
+
+def _models(rng: np.random.Generator, members: int = 2, f: int = 5, d: int = 3, same: bool = True) -> Models:
+    w = [rng.standard_normal((1 if same else members, a, b)).astype(np.float32) / np.sqrt(a)
+         for a, b in ((f, 16), (16, d))]
+    b = [rng.standard_normal((1 if same else members, 1, n)).astype(np.float32) * 0.1 for n in (16, d)]
+    if same:
+        w, b = [np.repeat(x, members, 0) for x in w], [np.repeat(x, members, 0) for x in b]
+    norms = {"in_mean": np.zeros(f, np.float32), "in_std": np.ones(f, np.float32),
+             "out_mean": np.zeros(d, np.float32), "out_std": np.full(d, 2.0, np.float32)}
+    return Models(w, b, norms, "tanh")
+
+
+def test_a_correction_fits_a_linear_shift_of_the_dynamics() -> None:
+    """A robot whose state change is the models' plus a linear function of (s, a): the ridge fit finds it."""
+    rng = np.random.default_rng(3)
+    models = _models(rng)
+    obs, act = rng.standard_normal((400, 3)).astype(np.float32), rng.uniform(-1, 1, (400, 2)).astype(np.float32)
+    shift = rng.standard_normal((6, 3)) * 0.5  # on [x, 1], in normalised units
+    x = np.concatenate([obs, act], -1)
+    z = models.network(x)[0] + np.concatenate([x, np.ones((400, 1))], -1) @ shift
+    nxt = obs + z * 2.0  # out_std 2, out_mean 0
+    fixed, before, after = models.corrected(obs, act, nxt, rng)
+    assert before > 0.1 and after < 1e-3 * before, (before, after)
+    np.testing.assert_allclose(fixed.correction[0], shift, atol=2e-2)  # type: ignore[index]
+    unchanged, before, after = models.corrected(obs, act, models.predict(obs[None].repeat(2, 0), act[None].repeat(2, 0))[0], rng)
+    assert after <= before < 1e-10  # the models were right: nothing to correct
+
+
+def test_imagined_rollouts_by_hand() -> None:
+    """Zero networks and out_mean 1: every step adds 1 to every state, so from 0 the rewards (next_obs[0]) are
+    1, 2, 3 and the termination (next_obs[0] >= 3) ends every episode after 3 steps."""
+    d, a, members = 2, 1, 3
+    w = [np.zeros((members, d + a, 4), np.float32), np.zeros((members, 4, d), np.float32)]
+    b = [np.zeros((members, 1, 4), np.float32), np.zeros((members, 1, d), np.float32)]
+    norms = {"in_mean": np.zeros(d + a, np.float32), "in_std": np.ones(d + a, np.float32),
+             "out_mean": np.ones(d, np.float32), "out_std": np.ones(d, np.float32)}
+    models = Models(w, b, norms, "relu")
+    seen = []
+
+    def act_fn(obs: np.ndarray) -> np.ndarray:
+        seen.append(obs.shape)
+        return np.full((obs.shape[0], a), 5.0, np.float32)  # beyond the limit: recorded as sampled
+
+    eps = imagine(act_fn, models, np.zeros((4, d), np.float32), 2, 10, 1000.0, lambda o, u, n: n[..., 0],
+                  lambda o, u, n: n[..., 0] >= 3, np.array([-1.0]), np.array([1.0]), np.random.default_rng(0))
+    assert len(eps) == members * 2 and seen == [(6, d)] * 3
+    for obs, act, rew in eps:
+        np.testing.assert_array_equal(rew, [1, 2, 3])
+        np.testing.assert_array_equal(obs[:, 0], [0, 1, 2, 3])
+        assert act.shape == (3, 1) and (act == 5.0).all()
+
+
+@pytest.mark.fault
+def test_adaptation_through_the_models_adapts_or_refuses_and_needs_models(run: Path, tmp_path: Path) -> None:
+    bundle = run.parent / "bundle"
+    r = evaluate_bundle(bundle, get_task("HalfCheetah-v5"), 1, True, {"mass": 1.3}, adapt_episodes=2, seed=3,
+                        adapt_steps=2, through="models")
+    if "adapt_refused" in r:
+        assert "did not raise the imagined return" in r["adapt_refused"], r
+    else:
+        assert r["adapt_kl"] > 0 and 1 <= r["steps"] <= 2, r
+        assert r["imagined_return_after"] > r["imagined_return_before"], r
+        assert r["model_error_after"] <= r["model_error_before"], r
+    bare = tmp_path / "bare"
+    assert main(["export", "--run", str(run), "--out", str(bare), "--no-models"]) == 0
+    policy = load(bare)
+    obs = np.random.default_rng(0).standard_normal((11, 17)).astype(np.float32)
+    with pytest.raises(AdaptationRefused, match="carries no dynamics models"):
+        policy.adapt_in_models([(obs, np.zeros((10, 6), np.float32))])
+    broken = tmp_path / "broken"
+    shutil.copytree(bundle, broken)
+    with np.load(broken / "models.npz") as data:
+        arrays = dict(data)
+    arrays["w1"][0, 0, 0] = np.nan
+    np.savez(broken / "models.npz", **arrays)
+    with pytest.raises(BundleError, match="models.npz: sha256 does not match"):
+        load(broken)
+    manifest = json.loads((broken / "manifest.json").read_text())
+    from mbmpo.runtime.format import sha256
+
+    manifest["files"]["models.npz"] = sha256(broken / "models.npz")
+    (broken / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=r"unreadable dynamics models: .*non-finite model arrays \['w1'\]"):
+        load(broken)
