@@ -138,6 +138,24 @@ def test_several_adaptation_steps_each_under_the_bound(pendulum_bundle: Path) ->
         ControllerSettings(adapt_steps=0)
 
 
+def test_deploy_adapts_through_the_models_or_refuses_and_keeps_acting(pendulum_bundle: Path) -> None:
+    """adapt_through models: the bundle's ensemble corrected to the fresh episodes, steps on imagined rollouts;
+    an adapted policy (with what the correction measured) or a refusal, never a fault."""
+    c = make_controller(pendulum_bundle, mode="deploy", horizon=5, adapt_episodes=2, adapt_max_kl=1e9, adapt_steps=2,
+                        adapt_through="models")
+    robot = Robot(c)
+    robot.run(12)
+    _wait_for_worker(c)
+    assert c.counts["adaptations"] + c.counts["adaptations_refused"] == 1 and c.counts["adaptations_failed"] == 0
+    if c.counts["adaptations"]:
+        info = c.pending.adapt_info
+        assert 1 <= info["steps"] <= 2 and info["imagined_return_after"] > info["imagined_return_before"]
+        assert info["model_error_after"] <= info["model_error_before"]
+    assert all(np.isfinite(d.command).all() for d in robot.run(10))
+    with pytest.raises(ValueError, match="adapt_through 'model' is not one of episodes, models"):
+        ControllerSettings(adapt_through="model")
+
+
 def test_a_failing_adaptation_keeps_the_meta_policy_acting(pendulum_bundle: Path) -> None:
     c = make_controller(pendulum_bundle, mode="deploy", horizon=5, adapt_episodes=1)
 
@@ -167,9 +185,8 @@ def test_an_adaptation_of_a_replaced_bundle_is_dropped(pendulum_bundle: Path) ->
 def test_received_bundles_are_loaded_on_the_worker_and_refused_when_altered(pendulum_bundle: Path,
                                                                                tmp_path: Path) -> None:
     c = make_controller(pendulum_bundle, mode="explore", horizon=5)
-    files = [(name, (pendulum_bundle / name).read_bytes()) for name in ("policy.onnx", "adapt.onnx", "params.npz",
-                                                                        "reward.py")]
     manifest = (pendulum_bundle / "manifest.json").read_text()
+    files = [(name, (pendulum_bundle / name).read_bytes()) for name in json.loads(manifest)["files"]]  # models too
     c.receive(ReceivedBundle("good", files, manifest, time.time_ns()), tmp_path / "b0")
     tampered = [(n, d + b"\0" if n == "params.npz" else d) for n, d in files]
     c.receive(ReceivedBundle("tampered", tampered, manifest, time.time_ns()), tmp_path / "b1")

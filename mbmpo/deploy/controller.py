@@ -46,6 +46,7 @@ from mbmpo.runtime import AdaptationRefused, BundleError, Policy, load
 
 MODES = ("explore", "deploy")
 TRIGGERS = ("auto", "timer", "state")
+ADAPT_THROUGH = ("episodes", "models")
 Log = Callable[[str, str], None]  # (level: info | warning | error, message)
 
 
@@ -61,6 +62,7 @@ class ControllerSettings:
     adapt_episodes: int = 2  # deploy: episodes of fresh data per adaptation
     adapt_steps: int = 1  # deploy: gradient steps on those episodes, each from the last and under the KL bound
     adapt_max_kl: float = 0.0  # deploy: KL bound of an adaptation; 0 takes the bundle's
+    adapt_through: str = "episodes"  # deploy: step on the fresh episodes, or through the bundle's models corrected to them
     deterministic: bool = False  # act with the mean action
     horizon: int = 0  # episode length; 0 takes the bundle's
     control_period: float = 0.0  # seconds; 0 takes the bundle's
@@ -88,6 +90,8 @@ class ControllerSettings:
         if self.adapt_episodes < 1 or self.adapt_steps < 1:
             raise ValueError(f"adapt_episodes and adapt_steps must be >= 1, got {self.adapt_episodes} and "
                              f"{self.adapt_steps}")
+        if self.adapt_through not in ADAPT_THROUGH:
+            raise ValueError(f"adapt_through '{self.adapt_through}' is not one of {', '.join(ADAPT_THROUGH)}")
         if self.horizon < 0 or self.control_period < 0 or self.adapt_max_kl < 0:
             raise ValueError("horizon, control_period and adapt_max_kl must be >= 0")
         if not self.speedup > 0:
@@ -262,7 +266,11 @@ class Controller:
             adapted, seconds = result.value
             self.pending = adapted
             self.counts["adaptations"] += 1
-            self.log("info", f"adapted in {1e3 * seconds:.1f} ms (KL {adapted.kl_from_parent:.2e}); "
+            info = adapted.adapt_info
+            through = (f", {info['steps']:.0f} step(s) in the models corrected to the robot (model error "
+                       f"{info['model_error_before']:.3g} -> {info['model_error_after']:.3g}, imagined return "
+                       f"{info['imagined_return_before']:.1f} -> {info['imagined_return_after']:.1f})") if info else ""
+            self.log("info", f"adapted in {1e3 * seconds:.1f} ms (KL {adapted.kl_from_parent:.2e}{through}); "
                              f"swapping at the next episode")
 
     # ---- states and control -----------------------------------------------------------------------
@@ -480,9 +488,12 @@ class Controller:
         """deploy: ONE adaptation step from fresh episodes (or `adapt_steps`, each from the last and under the
         KL bound: one refused keeps the meta-policy), on the worker."""
         max_kl, steps = self.settings.adapt_max_kl or None, self.settings.adapt_steps
+        rng = np.random.default_rng([self.settings.seed, self.counts["adaptations"] + self.counts["adaptations_refused"]])
 
         def job() -> tuple[Policy, float]:
             t0 = time.perf_counter()
+            if self.settings.adapt_through == "models":
+                return base.adapt_in_models(episodes, steps=steps, max_kl=max_kl, rng=rng), time.perf_counter() - t0
             return base.adapt(episodes, max_kl=max_kl, steps=steps), time.perf_counter() - t0
 
         self.adapting = True

@@ -48,6 +48,9 @@ DEPLOY_ARGUMENTS: dict[str, tuple[str, str]] = {
     "mode": ("deploy", "deploy: meta-policy + online one-step adaptation; explore: cycle the K adapted policies"),
     "adapt_episodes": ("2", "episodes of fresh data per online adaptation step"),
     "adapt_steps": ("1", "gradient steps on those episodes, each under the KL bound (MB-MPO's premise: 1)"),
+    "adapt_through": ("episodes", "episodes: step on the fresh episodes | models: correct the bundle's dynamics "
+                                  "models to them and step on imagined rollouts (up to adapt_steps, each kept only "
+                                  "if the imagined return rises)"),
     "sim_mode": ("realtime", "sim timing when sim:=mujoco"),
     "perturb": ("", "sim physics scales when sim:=mujoco"),
     "joint_states": ("joint_states", "topic of the robot's sensor_msgs/JointState"),
@@ -193,7 +196,8 @@ def deploy_graph(args: dict[str, str]) -> list[NodeSpec]:
     return _sim(a) + [
         NodeSpec("policy_node", "policy_node",
                  {"mode": a["mode"], "bundle": a["policy"], "lockstep": lockstep,
-                  "adapt_episodes": int(a["adapt_episodes"]), "adapt_steps": int(a["adapt_steps"]), **_reset(a),
+                  "adapt_episodes": int(a["adapt_episodes"]), "adapt_steps": int(a["adapt_steps"]),
+                  "adapt_through": a["adapt_through"], **_reset(a),
                   "report": f"{a['reports']}/policy_node.json" if a["reports"] else ""},
                  _robot_io(a)),
     ]

@@ -62,6 +62,8 @@ class PolicyNode(Node):
             adapt_steps=declare(self, "adapt_steps", 1, "deploy: gradient steps on those episodes, each under the KL "
                                 "bound (the meta-learned method takes 1)"),
             adapt_max_kl=declare(self, "adapt_max_kl", 0.0, "deploy: KL bound; 0 takes the bundle's"),
+            adapt_through=declare(self, "adapt_through", "episodes", "deploy: episodes (step on the fresh episodes) | "
+                                  "models (step on imagined rollouts of the bundle's models corrected to them)"),
             deterministic=declare(self, "deterministic", False, "act with the mean action"),
             horizon=declare(self, "horizon", 0, "episode length; 0 takes the bundle's"),
             control_period=declare(self, "control_period", 0.0, "seconds; 0 takes the bundle's"),
