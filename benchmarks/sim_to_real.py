@@ -124,13 +124,16 @@ def record_figures(task: str, recovery: float, nominal_change: float, bundles: i
     what = f"{task}, {bundles} training seeds x {seeds} evaluation seeds, 4 shifts, {how}"
     record(f"sim_to_real_recovery_{task}", recovery, f"(after - before) / (nominal - before), mean; {what}")
     record(f"sim_to_real_nominal_change_{task}", nominal_change, f"(after - before) / before unshifted; {what}")
-    records = {r["name"]: r["value"] for r in json.loads(RESULTS.read_text())}
+    saved = {r["name"]: r for r in json.loads(RESULTS.read_text())}
+    records = {name: r["value"] for name, r in saved.items()}
     tasks = ("HalfCheetah-v5", "Hopper-v5")
-    if all(f"sim_to_real_recovery_{t}" in records for t in tasks):
+    names = [f"sim_to_real_recovery_{t}" for t in tasks]
+    # the means combine the two tasks only when both were measured with the same adaptation
+    if all(n in saved for n in names) and len({saved[n]["unit"].rpartition(", adapted")[2] for n in names}) == 1:
         record("sim_to_real_recovery_mean", float(np.mean([records[f"sim_to_real_recovery_{t}"] for t in tasks])),
-               "mean of sim_to_real_recovery_HalfCheetah-v5 and _Hopper-v5")
+               f"mean of sim_to_real_recovery_HalfCheetah-v5 and _Hopper-v5; {how}")
         record("sim_to_real_nominal_change", float(np.mean([records[f"sim_to_real_nominal_change_{t}"] for t in tasks])),
-               "mean of sim_to_real_nominal_change_HalfCheetah-v5 and _Hopper-v5")
+               f"mean of sim_to_real_nominal_change_HalfCheetah-v5 and _Hopper-v5; {how}")
 
 
 if __name__ == "__main__":
