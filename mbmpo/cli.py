@@ -47,6 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--task", required=True)
     ev.add_argument("--adapt", action="store_true", help="with --policy: adapt once from fresh episodes")
     ev.add_argument("--adapt-episodes", type=int, default=4, help="episodes of fresh data for --adapt")
+    ev.add_argument("--adapt-through", choices=["episodes", "models"], default="episodes",
+                    help="--adapt on the fresh episodes, or through the bundle's models corrected to them")
+    ev.add_argument("--adapt-steps", type=int, default=1, help="--adapt: steps (through the models: at most)")
     ev.add_argument("--perturb", nargs="*", metavar="KEY=SCALE", help="scale mass, inertia, friction, gear, damping")
     ev.add_argument("--episodes", type=int, default=10)
     ev.add_argument("--seed", type=int, default=12345)
@@ -153,7 +156,8 @@ def _eval(args: argparse.Namespace) -> int:
         from mbmpo.train.evaluate_bundle import evaluate_bundle
 
         result = evaluate_bundle(args.policy, get_task(args.task), args.episodes, args.adapt, perturb,
-                                 args.adapt_episodes, args.seed)
+                                 args.adapt_episodes, args.seed, adapt_steps=args.adapt_steps,
+                                 through=args.adapt_through)
     else:
         from mbmpo.train.evaluate import evaluate_run
 

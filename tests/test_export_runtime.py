@@ -245,6 +245,12 @@ def test_eval_through_runtime_with_perturbation(bundle: Path, capsys: pytest.Cap
     assert "task 'Hopper-v5' gives" in capsys.readouterr().err
     assert main(["eval", "--policy", str(bundle), "--task", "HalfCheetah-v5", "--perturb", "mass"]) == 2
     assert "expected KEY=SCALE" in capsys.readouterr().err
+    assert main(["eval", "--policy", str(bundle), "--task", "HalfCheetah-v5", "--episodes", "1", "--adapt",
+                 "--adapt-episodes", "1", "--adapt-through", "models", "--adapt-steps", "2", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)  # through the models: adapted with what it measured, or refused
+    assert "adapt_refused" in result or {"model_error_before", "imagined_return_after", "steps"} <= set(result), result
+    assert main(["eval", "--policy", str(bundle), "--task", "HalfCheetah-v5", "--adapt", "--adapt-steps", "0"]) == 2
+    assert "--adapt-steps must be >= 1" in capsys.readouterr().err
 
 
 def test_every_parameter_set_acts_with_its_own_std(pendulum_bundle) -> None:

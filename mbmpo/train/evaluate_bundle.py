@@ -46,6 +46,8 @@ def evaluate_bundle(pdir: Path, task: TaskSpec, episodes: int, adapt: bool, pert
     more steps on the same episodes, each from the last and under the KL bound (`adapt_kl` the total).
     `through="models"` adapts through the bundle's dynamics models instead (`Policy.adapt_in_models`: up to
     `adapt_steps` steps on imagined rollouts of the models corrected to the fresh episodes)."""
+    if adapt_steps < 1:
+        raise UserError(f"--adapt-steps must be >= 1, got {adapt_steps}")
     if through not in ("episodes", "models"):
         raise UserError(f"adapt through '{through}': expected 'episodes' or 'models'")
     if episodes < 1:
