@@ -93,6 +93,8 @@ class MetaConfig:
     ppo_epochs: int = 5
     clip_obs: float = 1000.0  # imagined next observations are clipped to +- this
     start_states: str = "reset"  # reset: observed episode starts; buffer: any recorded state
+    state_bounds: float = 0.0  # > 0: an imagined state outside the recorded states' range, widened by this fraction
+    # of it per dimension, is clamped to it and ends its trajectory (no return where the models have no data)
 
     def __post_init__(self) -> None:
         _check(self.outer in ("trpo", "ppo"), "meta.outer must be 'trpo' or 'ppo'")
@@ -104,6 +106,8 @@ class MetaConfig:
         _check(self.inner_lr > 0.0 or not self.learn_inner_lr, "meta.inner_lr must be > 0 to be learned")
         _check(self.stop_window >= 0, "meta.stop_window must be >= 0 (0: always meta_steps outer steps)")
         _check(self.inner_kl >= 0.0, "meta.inner_kl must be >= 0 (0: the fixed step size inner_lr)")
+        _check(self.state_bounds >= 0.0, "meta.state_bounds must be >= 0 (0: imagined states are only clipped to "
+                                         "+-clip_obs)")
         _check(0.0 < self.cg_subsample <= 1.0, "meta.cg_subsample must be in (0, 1]")
 
 

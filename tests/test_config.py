@@ -33,6 +33,9 @@ def test_errors_name_the_problem(tmp_path: Path) -> None:
     f.write_text("meta:\n  outer: sgd\n")
     with pytest.raises(UserError, match="meta.outer must be 'trpo' or 'ppo'"):
         load_config(f)
+    f.write_text("meta:\n  state_bounds: -0.1\n")
+    with pytest.raises(UserError, match="meta.state_bounds must be >= 0"):
+        load_config(f)
     f.write_text("modle: {}\n")
     with pytest.raises(UserError, match="unknown section"):
         load_config(f)

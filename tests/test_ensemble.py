@@ -124,3 +124,34 @@ def test_frozen_weights_give_the_same_predictions_and_are_released() -> None:
     with torch.no_grad():
         ens.layers[0].g.mul_(2.0)
     assert not torch.equal(ens.predict(obs, act), expected)  # training sees live weights again
+
+
+def test_imagined_states_out_of_the_recorded_range_are_clamped_and_end_their_trajectory() -> None:
+    """A model that adds 1 to every state each step, bounds [0, 2.5] on the forward velocity (HalfCheetah's
+    obs[8], its reward): by hand, the states 0, 1, 2 are visited, the third step's next state (3) is clamped to
+    2.5 and ends the trajectory; rewards are the clamped velocities minus the control cost."""
+    from mbmpo.policy.gaussian import init_params
+    from mbmpo.rollouts.imagine import imagine, state_bounds
+    from mbmpo.tasks import get_task
+
+    task = get_task("HalfCheetah-v5")
+    ens = DynamicsEnsemble(17, 6, ModelConfig(ensemble_size=2, hidden=(8,)))
+    with torch.no_grad():
+        for layer in ens.layers:
+            layer.g.zero_()  # type: ignore[union-attr]  # weights 0, biases 0: the network says "mean change"
+        ens.out_norm.mean.fill_(1.0)
+    recorded = torch.zeros(4, 17)
+    recorded[1, 8] = 2.5 / 1.25  # range [0, 2], widened by a quarter of it each side: [-0.5, 2.5]
+    low, high = state_bounds(recorded, 0.25)
+    assert low[8] == pytest.approx(-0.5) and high[8] == pytest.approx(2.5) and low[0] == high[0] == 0.0
+    low, high = torch.full((17,), -10.0), torch.full((17,), 10.0)
+    low[8], high[8] = 0.0, 2.5
+    params = init_params(17, 6, (4,), 0.5, torch.Generator().manual_seed(0))
+    tr = imagine(ens, params, torch.zeros(2, 3, 17), 6, task, 1000.0, torch.Generator().manual_seed(1), (low, high))
+    assert tr.mask[0, 0].tolist() == [1, 1, 1, 0, 0, 0]
+    assert tr.obs[0, 0, :3, 8].tolist() == [0.0, 1.0, 2.0]
+    applied = tr.act[0, 0, :3].clamp(-1, 1)
+    expected = torch.tensor([1.0, 2.0, 2.5]) - 0.1 * (applied ** 2).sum(-1)
+    torch.testing.assert_close(tr.rew[0, 0, :3], expected)
+    free = imagine(ens, params, torch.zeros(2, 3, 17), 6, task, 1000.0, torch.Generator().manual_seed(1))
+    assert free.mask.all() and free.obs[0, 0, 5, 8] == 5.0  # no bounds: the states run on

@@ -43,16 +43,18 @@ def sample_start_states(starts: Tensor, n_tasks: int, n_traj: int, generator: to
 
 
 def build_meta_batch(ensemble: DynamicsEnsemble, params: Params, starts: Tensor, task: TaskSpec, cfg: MetaConfig,
-                     horizon: int, generator: torch.Generator) -> tuple[MetaBatch, Params]:
-    """Pre-update rollouts with theta, the adapted theta'_k, post-update rollouts with them."""
+                     horizon: int, generator: torch.Generator,
+                     bounds: tuple[Tensor, Tensor] | None = None) -> tuple[MetaBatch, Params]:
+    """Pre-update rollouts with theta, the adapted theta'_k, post-update rollouts with them (imagined states
+    kept within `bounds` when given: `imagine`)."""
     n_tasks = ensemble.members * cfg.tasks_per_model
     pre = imagine(ensemble, params, sample_start_states(starts, n_tasks, cfg.rollouts_per_task, generator),
-                  horizon, task, cfg.clip_obs, generator)
+                  horizon, task, cfg.clip_obs, generator, bounds)
     pre_adv = advantages(pre.obs, pre.rew, pre.mask, cfg.discount, cfg.gae_lambda, cfg.normalize_advantages)
     adapted = {k: v.detach() for k, v in
                adapt(params, pre.obs, pre.act, pre_adv, pre.mask, inner_step(cfg), create_graph=False).items()}
     post = imagine(ensemble, adapted, sample_start_states(starts, n_tasks, cfg.rollouts_per_task, generator),
-                   horizon, task, cfg.clip_obs, generator)
+                   horizon, task, cfg.clip_obs, generator, bounds)
     post_adv = advantages(post.obs, post.rew, post.mask, cfg.discount, cfg.gae_lambda, cfg.normalize_advantages)
     return MetaBatch(pre, pre_adv, post, post_adv, adapted), adapted
 
@@ -65,8 +67,8 @@ def return_falling(history: list[float], window: int) -> bool:
 
 
 def meta_optimize(ensemble: DynamicsEnsemble, params: Params, starts: Tensor, task: TaskSpec, cfg: MetaConfig,
-                  horizon: int, generator: torch.Generator, should_stop: Callable[[], bool] | None = None
-                  ) -> tuple[Params, Params, MetaPhaseStats]:
+                  horizon: int, generator: torch.Generator, should_stop: Callable[[], bool] | None = None,
+                  bounds: tuple[Tensor, Tensor] | None = None) -> tuple[Params, Params, MetaPhaseStats]:
     """Run up to `cfg.meta_steps` outer steps; with `cfg.stop_window` w > 0, stop once the post-update
     imagined return, averaged over the last w steps, falls below its average over the w before (the
     authors' `retrain_model_when_reward_decreases`: the policy has begun to exploit the models' errors).
@@ -78,14 +80,14 @@ def meta_optimize(ensemble: DynamicsEnsemble, params: Params, starts: Tensor, ta
     for _ in range(cfg.meta_steps):
         if should_stop is not None and should_stop():
             raise Abandoned("stopped during the meta-optimisation")
-        batch, _ = build_meta_batch(ensemble, params, starts, task, cfg, horizon, generator)
+        batch, _ = build_meta_batch(ensemble, params, starts, task, cfg, horizon, generator, bounds)
         post_returns.append(float(batch.post.returns.mean()))
         if return_falling(post_returns, cfg.stop_window):
             break
         params, step = meta_step(params, batch, cfg)
         rejected += int(step.backtracks < 0)
         kl_outer = step.kl
-    batch, adapted = build_meta_batch(ensemble, params, starts, task, cfg, horizon, generator)
+    batch, adapted = build_meta_batch(ensemble, params, starts, task, cfg, horizon, generator, bounds)
     stats = MetaPhaseStats(
         imagined_return_pre=float(batch.pre.returns.mean()),
         imagined_return_post=float(batch.post.returns.mean()),

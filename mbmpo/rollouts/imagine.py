@@ -14,15 +14,24 @@ from mbmpo.tasks.base import TaskSpec
 from mbmpo.types import Trajectories
 
 
+def state_bounds(obs: Tensor, margin: float) -> tuple[Tensor, Tensor]:
+    """Per-dimension (low D, high D) of recorded states B x D, each side widened by `margin` x the range."""
+    low, high = obs.min(0).values, obs.max(0).values
+    return low - margin * (high - low), high + margin * (high - low)
+
+
 @torch.no_grad()
 def imagine(ensemble: DynamicsEnsemble, params: Params, start_obs: Tensor, horizon: int, task: TaskSpec,
-            clip_obs: float, generator: torch.Generator | None = None) -> Trajectories:
+            clip_obs: float, generator: torch.Generator | None = None,
+            bounds: tuple[Tensor, Tensor] | None = None) -> Trajectories:
     """Roll the policy out in the models.
 
     params: shared or task-batched (leading T). start_obs: T x N x D with T a multiple of the
     ensemble size (tasks grouped by member: tasks [e*m, (e+1)*m) use member e). The ensemble, params,
     start_obs and generator share one device; the trajectories are returned there.
-    Predicted states are clipped to +-clip_obs; a non-finite prediction ends its trajectory.
+    Predicted states are clipped to +-clip_obs; a non-finite prediction ends its trajectory, and so does a
+    state outside `bounds` (low D, high D; `state_bounds`), clamped to them: the reward of a step out of the
+    recorded states' range is that of its clamped state, and nothing follows it.
     """
     n_tasks, n_traj, obs_dim = start_obs.shape
     members = ensemble.members
@@ -45,6 +54,9 @@ def imagine(ensemble: DynamicsEnsemble, params: Params, start_obs: Tensor, horiz
             nxt = nxt.reshape(n_tasks, n_traj, obs_dim)
             finite = torch.isfinite(nxt).all(-1)
             nxt = torch.nan_to_num(nxt, nan=0.0).clamp(-clip_obs, clip_obs)
+            if bounds is not None:
+                finite = finite & ((nxt >= bounds[0]) & (nxt <= bounds[1])).all(-1)
+                nxt = torch.maximum(torch.minimum(nxt, bounds[1]), bounds[0])
             rew = task.reward(obs, applied, nxt).to(obs.dtype)
             done = task.terminated(obs, applied, nxt) | ~finite
             obs_buf[:, :, t], act_buf[:, :, t] = obs, act
