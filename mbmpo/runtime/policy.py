@@ -196,10 +196,12 @@ class Policy:
         return act
 
     def adapt_in_models(self, episodes: Sequence[tuple[np.ndarray, ...]], steps: int = 1,
-                        max_kl: float | None = None, rng: np.random.Generator | None = None) -> Policy:
+                        max_kl: float | None = None, rng: np.random.Generator | None = None,
+                        kl: float | None = None) -> Policy:
         """Adaptation through the models: the bundle's ensemble is corrected to the fresh episodes (obs (L+1) x D,
         act L x A; `Models.corrected`), then up to `steps` of training's inner step, each on imagined rollouts
-        of the corrected members (the data the step was meta-trained on) and each under `max_kl`. A step is
+        of the corrected members (the data the step was meta-trained on; `kl` scales each to that KL instead)
+        and each under `max_kl`. A step is
         kept only if the imagined return of the policy it gives rises (same start states and noise); raises
         `AdaptationRefused` when the first does not, or when the bundle carries no models."""
         models, spec = self.bundle.models, self.manifest.get("models")
@@ -231,7 +233,7 @@ class Policy:
         current, batch = self, rollouts(self)
         returns = [float(np.mean([r.sum() for _, _, r in batch]))]
         for _ in range(steps):
-            candidate = current._adapt_once(batch, None, max_kl, None)
+            candidate = current._adapt_once(batch, None, max_kl, kl)
             trial = rollouts(candidate)
             value = float(np.mean([r.sum() for _, _, r in trial]))
             if not value > returns[-1]:

@@ -69,7 +69,7 @@ def evaluate_bundle(pdir: Path, task: TaskSpec, episodes: int, adapt: bool, pert
         try:
             pieces = [(o, a) for o, a, _ in fresh]
             adapted = policy.adapt(pieces, kl=adapt_kl, steps=adapt_steps) if through == "episodes" else \
-                policy.adapt_in_models(pieces, steps=adapt_steps, rng=np.random.default_rng(seed + 7))
+                policy.adapt_in_models(pieces, steps=adapt_steps, rng=np.random.default_rng(seed + 7), kl=adapt_kl)
             result["adapt_kl"] = adapted.kl_from_parent
             result.update(adapted.adapt_info)
         except AdaptationRefused as err:
