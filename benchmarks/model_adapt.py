@@ -49,6 +49,7 @@ from mbmpo.tasks.base import TaskSpec
 from mbmpo.tasks.perturb import apply_perturbations
 from mbmpo.train.checkpoint import load_checkpoint
 from mbmpo.types import Episode
+from sim_to_real import MIN_LOSS
 
 SHIFTS = {"nominal": {}, "mass x1.3": {"mass": 1.3}, "friction x0.6": {"friction": 0.6},
           "gear x0.8": {"gear": 0.8}, "mass x1.3 + friction x0.6": {"mass": 1.3, "friction": 0.6}}
@@ -262,11 +263,12 @@ def summarise(rows: list[dict], variants: list[str]) -> None:
         for v in variants:
             change = np.asarray([r[v] - r["before"] for r in sub])
             cells.append(f"{change.mean():+.1f} ({int((change > 0).sum())}/{len(change)})")
-            if label != "nominal":
-                recovery[v].append(float(change.mean()) / max(nominal - before, 1e-6))
+            if label != "nominal" and nominal - before > MIN_LOSS * abs(nominal):  # as sim_to_real.recoveries
+                recovery[v].append(float(change.mean()) / (nominal - before))
         err = [np.mean([r[k] for r in sub]) for k in ("error_before_fit", "error_after_fit", "error_after_residual")]
         print(f"| {label} | {err[0]:.3f} / {err[1]:.3f} / {err[2]:.3f} | {before:.1f} | " + " | ".join(cells) + " |")
-    print("recovery (mean over shifts): " + ", ".join(f"{v} {np.mean(r):.3f}" for v, r in recovery.items() if r))
+    print("recovery (mean over the shifts that cost more than 5% of the nominal return): "
+          + ", ".join(f"{v} {np.mean(r):.3f}" for v, r in recovery.items() if r))
 
 
 if __name__ == "__main__":

@@ -72,6 +72,8 @@ def test_sim_to_real_recovery_is_the_share_of_the_loss_won_back() -> None:
     recovery, change = recoveries(rows, bundles=2)
     assert recovery == pytest.approx((0.5 + 0.0 + 0.0 + 1.0) / 4)
     assert change == pytest.approx((0.01 - 0.01) / 2)
+    rows.append({"perturb": {"friction": 0.6}, "pre": [97.0, 201.0], "post": [50.0, 150.0]})  # costs < 5%: left out
+    assert recoveries(rows, bundles=2)[0] == pytest.approx(recovery)
 
 
 def test_model_adapt_corrects_the_ensemble_and_steps_in_imagination(tmp_path: Path) -> None:
