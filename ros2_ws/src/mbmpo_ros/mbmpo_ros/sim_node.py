@@ -3,8 +3,10 @@
 Publishes `joint_states` (sensor_msgs/JointState, every coordinate by name), takes `commands`
 (std_msgs/Float64MultiArray, one value per actuator), resets on `~/reset` (std_srvs/Trigger), reports
 `~/status` (std_msgs/String JSON: counters, `safe` and `safe_since`, the system time in seconds at which the
-watchdog last switched to the safe command; once a second and at once when `safe` changes: a late status,
-say a reliable sample repaired at the next DDS heartbeat, still tells when the robot went safe).
+watchdog last switched to the safe command, and `stale_steps`, the physics steps the last command drove after
+it arrived until that switch, i.e. how far a dead controller's last command moved the robot; once a second and
+at once when `safe` changes: a late status, say a reliable sample repaired at the next DDS heartbeat, still
+tells when the robot went safe).
 Timing: `lockstep` steps once per command; `realtime` / `fast` step on a timer at the control period
 (divided by `speedup`), applying the latest command, or the safe command (zeros) when commands are
 older than `watchdog_timeout`. Perturbations emulate the reality gap.
@@ -56,6 +58,8 @@ class SimNode(Node):
         self.last_msg: JointState | None = None
         self.holding_safe = False  # the watchdog is applying the safe command
         self.safe_since: float | None = None  # system time (s) of the last switch to the safe command
+        self.steps_since_command = 0  # physics steps taken since the last command arrived
+        self.stale_steps: int | None = None  # at the last switch to safe: steps driven by a command gone stale
         self.pub = self.create_publisher(JointState, "joint_states", 10)
         self.status_pub = self.create_publisher(String, "~/status", 10)
         self.create_timer(1.0, self.publish_status)
@@ -95,6 +99,7 @@ class SimNode(Node):
             return
         self.command = action
         self.last_command_time = time.monotonic()
+        self.steps_since_command = 0
         if self.mode == "lockstep":
             self.step()
 
@@ -107,12 +112,14 @@ class SimNode(Node):
             self.holding_safe = stale
             if stale:
                 self.safe_since = time.time()
+                self.stale_steps = self.steps_since_command
                 self.get_logger().warning(f"no command for {self.watchdog_timeout:g} s: applying the safe command")
             self.publish_status()
         self.step()
 
     def publish_status(self) -> None:
         status = {"mode": self.mode, "safe": self.holding_safe, "safe_since": self.safe_since,
+                  "stale_steps": self.stale_steps,
                   "steps": self.steps, "safe_steps": self.safe_steps,
                   "bad_commands": self.bad_commands, "resets": self.resets}
         self.status_pub.publish(String(data=json.dumps(status)))
@@ -121,6 +128,7 @@ class SimNode(Node):
         self.pending.append(self.command)
         self.env.step(self.task.clip_action(self.pending.popleft()))
         self.steps += 1
+        self.steps_since_command += 1
         self.publish_state()
 
     def on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
