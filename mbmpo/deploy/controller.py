@@ -43,10 +43,10 @@ from mbmpo.deploy.transitions import TransitionRecord
 from mbmpo.deploy.trust import CodeAllowlist, task_code_digest
 from mbmpo.deploy.worker import JobResult, Worker
 from mbmpo.runtime import AdaptationRefused, BundleError, Policy, load
+from mbmpo.runtime.policy import ADAPT_THROUGH
 
 MODES = ("explore", "deploy")
 TRIGGERS = ("auto", "timer", "state")
-ADAPT_THROUGH = ("episodes", "models")
 Log = Callable[[str, str], None]  # (level: info | warning | error, message)
 
 

@@ -69,10 +69,9 @@ def export_run(run_dir: Path, task: TaskSpec, out_dir: Path, adapt_max_kl: float
     check_task_matches(ckpt, task.name, task.obs_dim, task.act_dim, run_dir)
     models = None
     if with_models:
-        cfg = config_from_dict(ckpt["config"], source=str(run_dir / "checkpoint.pt"))
-        ensemble = DynamicsEnsemble(task.obs_dim, task.act_dim, cfg.model)
-        ensemble.load_state_dict(ckpt["ensemble"])
-        models = ensemble
+        models = DynamicsEnsemble(task.obs_dim, task.act_dim,
+                                  config_from_dict(ckpt["config"], source=str(run_dir / "checkpoint.pt")).model)
+        models.load_state_dict(ckpt["ensemble"])
     return export_policy(ckpt["params"], ckpt["adapted"], task, ckpt["config"]["meta"], int(ckpt["iteration"]),
                          int(ckpt["real_steps"]), out_dir, adapt_max_kl, models)
 

@@ -16,6 +16,7 @@ from mbmpo.runtime.bundle import Bundle, load_bundle, policy_session
 from mbmpo.runtime.models import imagine
 
 _RNG = np.random.default_rng()
+ADAPT_THROUGH = ("episodes", "models")  # what an online adaptation steps on: `Policy.adapt` / `adapt_in_models`
 
 
 class AdaptationRefused(RuntimeError):
@@ -201,9 +202,9 @@ class Policy:
         """Adaptation through the models: the bundle's ensemble is corrected to the fresh episodes (obs (L+1) x D,
         act L x A; `Models.corrected`), then up to `steps` of training's inner step, each on imagined rollouts
         of the corrected members (the data the step was meta-trained on; `kl` scales each to that KL instead)
-        and each under `max_kl`. A step is
-        kept only if the imagined return of the policy it gives rises (same start states and noise); raises
-        `AdaptationRefused` when the first does not, or when the bundle carries no models."""
+        and each under `max_kl`. A step is kept only if the imagined return of the policy it gives rises (same
+        start states and noise); raises `AdaptationRefused` when the first does not, or when the bundle carries
+        no models."""
         models, spec = self.bundle.models, self.manifest.get("models")
         if models is None or not spec:
             raise AdaptationRefused(f"bundle '{self.manifest['policy_version']}' carries no dynamics models "

@@ -9,6 +9,7 @@ import numpy as np
 
 from mbmpo.errors import UserError
 from mbmpo.runtime import AdaptationRefused, BundleError, Policy, load
+from mbmpo.runtime.policy import ADAPT_THROUGH
 from mbmpo.tasks.base import TaskSpec
 from mbmpo.tasks.perturb import apply_perturbations
 
@@ -48,8 +49,8 @@ def evaluate_bundle(pdir: Path, task: TaskSpec, episodes: int, adapt: bool, pert
     `adapt_steps` steps on imagined rollouts of the models corrected to the fresh episodes)."""
     if adapt_steps < 1:
         raise UserError(f"--adapt-steps must be >= 1, got {adapt_steps}")
-    if through not in ("episodes", "models"):
-        raise UserError(f"adapt through '{through}': expected 'episodes' or 'models'")
+    if through not in ADAPT_THROUGH:
+        raise UserError(f"adapt through '{through}': expected one of {', '.join(ADAPT_THROUGH)}")
     if episodes < 1:
         raise UserError("--episodes must be >= 1")
     try:
