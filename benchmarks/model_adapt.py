@@ -14,8 +14,8 @@ sim_to_real.py and nominal) and evaluation seed, with the run's meta-policy and 
   training's imagination starts (`meta.start_states`: the fresh episodes' first states, or all their states); no correction;
 - `corrected`: the same in a copy of the ensemble fine-tuned on the fresh transitions (`--fit-steps` Adam
   steps, best held-out loss kept);
-- `residual`: the same in the ensemble plus a per-member linear correction fitted by ridge regression (what a
-  torch-free runtime could compute on the robot);
+- `residual`: the same in the ensemble plus the runtime's per-member linear correction (ridge regression,
+  `mbmpo.runtime.models.Models.corrected`, what `adapt_through:=models` computes on the robot);
 
 and the models' one-step error on held-out fresh transitions before and after the correction (normalised MSE,
 the fit's loss): whether the ensemble ever saw dynamics like the shifted robot's. Recovery as in sim_to_real.py:
@@ -37,6 +37,7 @@ import torch
 import yaml
 
 from mbmpo.config import MetaConfig, config_from_dict
+from mbmpo.export.bundle import model_arrays
 from mbmpo.meta.inner import adapt, policy_part
 from mbmpo.meta.outer import inner_step
 from mbmpo.meta.returns import advantages
@@ -44,6 +45,7 @@ from mbmpo.models.ensemble import DynamicsEnsemble
 from mbmpo.policy.gaussian import Params
 from mbmpo.rollouts.imagine import imagine
 from mbmpo.rollouts.real import run_episodes
+from mbmpo.runtime.models import Models
 from mbmpo.tasks import get_task
 from mbmpo.tasks.base import TaskSpec
 from mbmpo.tasks.perturb import apply_perturbations
@@ -158,22 +160,23 @@ class ResidualCorrected:
         return obs + self.ensemble.out_norm.denormalize(self.normalized(x))
 
 
-def ridge(x: torch.Tensor, r: torch.Tensor, lam: float) -> torch.Tensor:
-    """argmin_W |[x, 1] W - r|^2 + lam n |W|^2 per member: x B x F, r E x B x D -> E x (F+1) x D."""
-    xb = torch.cat([x, torch.ones_like(x[:, :1])], -1).double()
-    gram = xb.T @ xb + lam * x.shape[0] * torch.eye(xb.shape[1], dtype=torch.float64)
-    return torch.linalg.solve(gram, xb.T @ r.double()).float()
+def residual(ensemble: DynamicsEnsemble, episodes: list[Episode], seed: int) -> tuple[ResidualCorrected, float]:
+    """The runtime's correction (`mbmpo.runtime.models.Models.corrected`, the ridge strength chosen on its own
+    held-out fifth) applied to the torch ensemble; (model, its held-out loss)."""
+    obs, act, nxt = (x.numpy() for x in transitions(episodes))
+    fixed, _, loss = Models(*_runtime_parts(ensemble)).corrected(obs, act, nxt, np.random.default_rng(seed))
+    d = ensemble.obs_dim
+    weights = torch.zeros(ensemble.members, d + ensemble.act_dim + 1, d) if fixed.correction is None \
+        else torch.as_tensor(fixed.correction)
+    return ResidualCorrected(ensemble, weights), loss
 
 
-def residual(ensemble: DynamicsEnsemble, data: tuple[torch.Tensor, ...]) -> tuple[ResidualCorrected, float]:
-    """The ridge correction whose strength (of 1e-3 .. 1) gives the lowest held-out loss; (model, that loss)."""
-    xt, yt, xv, yv = data
-    with torch.no_grad():
-        r = yt - ensemble(xt.expand(ensemble.members, *xt.shape))
-    fits = [ResidualCorrected(ensemble, ridge(xt, r, lam)) for lam in (1e-3, 1e-2, 1e-1, 1.0)]
-    scored = [(heldout(m.normalized, xv, yv), i) for i, m in enumerate(fits)]
-    loss, best = min(scored)
-    return fits[best], loss
+def _runtime_parts(ensemble: DynamicsEnsemble) -> tuple[list[np.ndarray], list[np.ndarray], dict[str, np.ndarray], str]:
+    """The ensemble as the runtime's Models takes it (what a bundle's models.npz holds)."""
+    arrays = model_arrays(ensemble)
+    n = len(ensemble.layers)
+    norms = {k: arrays[k] for k in ("in_mean", "in_std", "out_mean", "out_std")}
+    return [arrays[f"w{i}"] for i in range(n)], [arrays[f"b{i}"] for i in range(n)], norms, ensemble.activation_name
 
 
 def evaluate(task: TaskSpec, params: Params, shift: dict[str, float], seed: int, episodes: int) -> float:
@@ -237,7 +240,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             data = split(ensemble, fresh, gen)
             row["error_before_fit"] = heldout(lambda x: ensemble(x.expand(ensemble.members, *x.shape)), *data[2:])
             tuned, row["error_after_fit"] = finetuned(ensemble, data, args.fit_steps, args.fit_lr)
-            linear, row["error_after_residual"] = residual(ensemble, data)
+            linear, row["error_after_residual"] = residual(ensemble, fresh, base)
             for kind, ens in (("imagined", ensemble), ("corrected", tuned), ("residual", linear)):
                 policies = imagined_steps(ens, meta_params, starts, task, cfg.meta, max(args.steps), gen)
                 for s in args.steps:
