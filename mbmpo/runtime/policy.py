@@ -203,8 +203,8 @@ class Policy:
         act L x A; `Models.corrected`), then up to `steps` of training's inner step, each on imagined rollouts
         of the corrected members (the data the step was meta-trained on; `kl` scales each to that KL instead)
         and each under `max_kl`. A step is kept only if the imagined return of the policy it gives rises (same
-        start states and noise); raises `AdaptationRefused` when the first does not, or when the bundle carries
-        no models."""
+        start states and noise); the steps kept stand when a later one is not. Raises `AdaptationRefused` when
+        the first step is not kept, or when the bundle carries no models."""
         models, spec = self.bundle.models, self.manifest.get("models")
         if models is None or not spec:
             raise AdaptationRefused(f"bundle '{self.manifest['policy_version']}' carries no dynamics models "
@@ -234,7 +234,12 @@ class Policy:
         current, batch = self, rollouts(self)
         returns = [float(np.mean([r.sum() for _, _, r in batch]))]
         for _ in range(steps):
-            candidate = current._adapt_once(batch, None, max_kl, kl)
+            try:
+                candidate = current._adapt_once(batch, None, max_kl, kl)
+            except AdaptationRefused:
+                if current is self:
+                    raise
+                break  # a later step out of bounds: the steps kept so far stand
             trial = rollouts(candidate)
             value = float(np.mean([r.sum() for _, _, r in trial]))
             if not value > returns[-1]:
