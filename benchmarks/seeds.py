@@ -9,8 +9,10 @@ Per seed, at the first iteration with at least `--steps` real steps: `return_pre
 curves, so the one to hold against their anchors), `return_post` (model-adapted policies, deterministic),
 the wall-clock; over the second half of each run, the mean imagined adaptation gain (imagined return post -
 pre) and the median KL(pre || post). With `--record` (and N runs) records `<task>_return_at_100k_meanN`,
-`_minN`, `_maxN`, `<task>_collect_return_at_100k_meanN`, `<task>_imagined_adaptation_gain`,
-`<task>_kl_pre_post_median` and `<task>_wall_s_to_100k` (median) in results.json.
+`_minN`, `_maxN` (N >= 2), `<task>_collect_return_at_100k_meanN`, `<task>_imagined_adaptation_gain`,
+`<task>_kl_pre_post_median` and `<task>_wall_s_to_100k` (median) in results.json, and per run (its config's
+seed S) `<task>_return_at_100k_seedS` and `<task>_collect_return_at_100k_seedS`: run folders do not outlive a
+session, so seeds trained in different sessions are combined from these.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import argparse
 import statistics
 import sys
 from pathlib import Path
+
+import yaml
 
 from mbmpo.train.progress import ProgressRow, read_progress
 from results import record
@@ -115,11 +119,18 @@ def main() -> None:
         name = SHORT.get(args.task, args.task.lower())
         command = "python " + " ".join(sys.argv).replace(f"{ROOT}/", "")
         unit = f"mean return, 200-step episodes, at {args.steps:,} real steps, {n} seeds"
-        record(f"{name}_return_at_100k_mean{n}", statistics.fmean(agg["return_pre"]), unit, command)
-        record(f"{name}_return_at_100k_min{n}", min(agg["return_pre"]), unit, command)
-        record(f"{name}_return_at_100k_max{n}", max(agg["return_pre"]), unit, command)
-        record(f"{name}_collect_return_at_100k_mean{n}", statistics.fmean(agg["return_collect"]),
-               f"{unit} (sampled exploration episodes, the anchors' metric)", command)
+        for run, s in zip(runs, per_run.values()):
+            seed = yaml.safe_load((Path(run) / "config.yaml").read_text())["seed"]
+            one = f"return, 200-step episodes, at {s['real_steps']:,} real steps, seed {seed} ({Path(run).name})"
+            record(f"{name}_return_at_100k_seed{seed}", s["return_pre"], f"{one}, deterministic meta-policy", command)
+            record(f"{name}_collect_return_at_100k_seed{seed}", s["return_collect"],
+                   f"{one}, sampled exploration episodes", command)
+        if n >= 2:
+            record(f"{name}_return_at_100k_mean{n}", statistics.fmean(agg["return_pre"]), unit, command)
+            record(f"{name}_return_at_100k_min{n}", min(agg["return_pre"]), unit, command)
+            record(f"{name}_return_at_100k_max{n}", max(agg["return_pre"]), unit, command)
+            record(f"{name}_collect_return_at_100k_mean{n}", statistics.fmean(agg["return_collect"]),
+                   f"{unit} (sampled exploration episodes, the anchors' metric)", command)
         record(f"{name}_imagined_adaptation_gain", statistics.fmean(agg["imagined_gain"]),
                f"imagined return post - pre, mean over the second half of {n} runs", command)
         record(f"{name}_kl_pre_post_median", statistics.median(agg["kl_pre_post"]),
