@@ -76,7 +76,7 @@ def plot(task: str, runs: dict[str, list[ProgressRow]], out: Path) -> None:
     plt.close(fig)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--task", required=True)
     p.add_argument("--runs", type=Path, nargs="*", default=[], help="finished run folders, one per seed")
@@ -86,7 +86,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=100_000)
     p.add_argument("--label", default="", help="name of the variant, for the plot file")
     p.add_argument("--record", action="store_true", help="write the aggregate records to results.json")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     runs = list(args.runs)
     if args.train:
         from mbmpo.cli import main as cli
@@ -114,7 +114,7 @@ def main() -> None:
     PLOTS.mkdir(parents=True, exist_ok=True)
     out = PLOTS / f"{args.task}_seeds{'_' + args.label if args.label else ''}.png"
     plot(args.task, rows, out)
-    print(f"curves: {out.relative_to(ROOT)}")
+    print(f"curves: {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
     if args.record:
         name = SHORT.get(args.task, args.task.lower())
         command = "python " + " ".join(sys.argv).replace(f"{ROOT}/", "")

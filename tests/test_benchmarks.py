@@ -94,3 +94,28 @@ def test_model_adapt_corrects_the_ensemble_and_steps_in_imagination(tmp_path: Pa
         assert {"real", "imagined x1", "imagined x2", "corrected x1", "corrected x2", "residual x2"} <= r.keys()
         assert all(0 < r[k] <= 1000 for k in ("before", "real", "corrected x2")), r
         assert r["error_after_fit"] <= r["error_before_fit"], r  # the start is a candidate: never worse
+
+
+def test_seeds_records_each_seed_and_aggregates_only_over_several(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                                   ) -> None:
+    """seeds.py: per run a `_seedS` record (the seed read from the run's config), mean/min/max only for N >= 2."""
+    import seeds
+    from mbmpo.cli import main as cli
+
+    tiny = Path(__file__).resolve().parent / "configs" / "tiny.yaml"
+    runs = []
+    for seed in (3, 5):
+        runs.append(tmp_path / f"run{seed}")
+        assert cli(["train", "--task", "InvertedPendulum-v5", "--steps", "100", "--seed", str(seed), "--out",
+                    str(runs[-1]), "--config", str(tiny), "--no-progress"]) == 0
+    said: dict[str, float] = {}
+    monkeypatch.setattr(seeds, "record", lambda name, value, *a, **k: said.__setitem__(name, value))
+    monkeypatch.setattr(seeds, "PLOTS", tmp_path / "plots")
+    seeds.main(["--task", "InvertedPendulum-v5", "--runs", str(runs[0]), "--steps", "100", "--record"])
+    assert {"invpendulum_return_at_100k_seed3", "invpendulum_collect_return_at_100k_seed3"} <= said.keys()
+    assert not any("mean" in k or "_min" in k for k in said if "return_at" in k), said
+    said.clear()
+    seeds.main(["--task", "InvertedPendulum-v5", "--runs", *map(str, runs), "--steps", "100", "--record"])
+    assert said["invpendulum_return_at_100k_mean2"] == pytest.approx(
+        (said["invpendulum_return_at_100k_seed3"] + said["invpendulum_return_at_100k_seed5"]) / 2)
+    assert said["invpendulum_return_at_100k_min2"] <= said["invpendulum_return_at_100k_max2"]
