@@ -22,8 +22,7 @@ import statistics
 import sys
 from pathlib import Path
 
-import yaml
-
+from mbmpo.train.init import saved_run
 from mbmpo.train.progress import ProgressRow, read_progress
 from results import record
 from sample_efficiency import PLOTS, SHORT
@@ -119,9 +118,9 @@ def main(argv: list[str] | None = None) -> None:
         name = SHORT.get(args.task, args.task.lower())
         command = "python " + " ".join(sys.argv).replace(f"{ROOT}/", "")
         unit = f"mean return, 200-step episodes, at {args.steps:,} real steps, {n} seeds"
-        for run, s in zip(runs, per_run.values()):
-            seed = yaml.safe_load((Path(run) / "config.yaml").read_text())["seed"]
-            one = f"return, 200-step episodes, at {s['real_steps']:,} real steps, seed {seed} ({Path(run).name})"
+        for run in runs:
+            s, seed = per_run[run.name], saved_run(run)[0]["seed"]
+            one = f"return, 200-step episodes, at {s['real_steps']:,} real steps, seed {seed} ({run.name})"
             record(f"{name}_return_at_100k_seed{seed}", s["return_pre"], f"{one}, deterministic meta-policy", command)
             record(f"{name}_collect_return_at_100k_seed{seed}", s["return_collect"],
                    f"{one}, sampled exploration episodes", command)
