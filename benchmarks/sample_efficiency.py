@@ -13,6 +13,14 @@ the real environment steps used for learning so far. MB-MPO's figure is its meta
 
 Writes `benchmarks/plots/<task>_sample_efficiency.png`, the curves as JSON beside it, and records the steps
 each needs to reach `--threshold` and their ratio (PPO / MB-MPO, medians over seeds) in benchmarks/results.json.
+
+Each PPO seed's curve is kept in `benchmarks/plots/ppo/<task>_s<seed>.json` and reused by later calls that ask
+for no more steps than it has (`--rerun-ppo` trains again), so the seeds of a 1M-step comparison can be trained
+in separate calls or sessions (`--ppo-only`) and scored together at the end:
+
+    python benchmarks/sample_efficiency.py --task Walker2d-v5 --seeds 1 --ppo-steps 1000000 --ppo-only
+    python benchmarks/sample_efficiency.py --task Walker2d-v5 --threshold 400 --seeds 0 1 2 \
+        --ppo-steps 1000000 --mbmpo-run runs/w2d_s0 runs/w2d_s1 runs/w2d_s2
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ from results import record  # beside this script
 
 ROOT = Path(__file__).resolve().parent.parent
 PLOTS = ROOT / "benchmarks" / "plots"
+PPO_CURVES = PLOTS / "ppo"
 SHORT = {"InvertedPendulum-v5": "invpendulum", "HalfCheetah-v5": "halfcheetah", "Hopper-v5": "hopper",
          "Walker2d-v5": "walker2d", "Ant-v5": "ant", "Swimmer-v5": "swimmer"}
 Curve = list[tuple[int, float]]  # (real steps, mean evaluation return)
@@ -106,6 +115,23 @@ def run_ppo(task: str, seed: int, steps: int, horizon: int, eval_every: int, sto
     return curve
 
 
+def ppo_curve(task: str, seed: int, steps: int, eval_every: int, stop_at: float | None, rerun: bool) -> Curve:
+    """A PPO seed's curve to `steps`: the kept one when it reaches that far, else trained now and kept."""
+    path = PPO_CURVES / f"{task}_s{seed}.json"
+    if path.exists() and not rerun:
+        kept = json.loads(path.read_text())
+        curve = [(int(s), float(r)) for s, r in kept["curve"]]
+        if curve and curve[-1][0] >= steps:
+            print(f"PPO seed {seed}: kept curve {path.relative_to(ROOT)} ({curve[-1][0]} steps, {kept['date']})")
+            return [(s, r) for s, r in curve if s <= steps] or curve[:1]
+    curve = run_ppo(task, seed, steps, 200, eval_every, stop_at)
+    if stop_at is None:  # a curve cut at a threshold says nothing about later steps: not kept
+        PPO_CURVES.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"task": task, "seed": seed, "eval_every": eval_every,
+                                    "date": time.strftime("%Y-%m-%d"), "curve": curve}))
+    return curve
+
+
 def steps_to(curve: Curve, threshold: float) -> int | None:
     """Real steps at the first evaluation at or above `threshold` (None: never reached)."""
     return next((s for s, r in curve if r >= threshold), None)
@@ -136,7 +162,7 @@ def plot(task: str, curves: dict[str, list[Curve]], threshold: float, path: Path
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--task", required=True)
-    p.add_argument("--threshold", type=float, required=True, help="common return threshold")
+    p.add_argument("--threshold", type=float, help="common return threshold (required unless --ppo-only)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--mbmpo-steps", type=int, default=10_000)
     p.add_argument("--mbmpo-config", type=Path)
@@ -144,12 +170,18 @@ def main() -> None:
     p.add_argument("--ppo-steps", type=int, default=300_000)
     p.add_argument("--eval-every", type=int, default=4096, help="PPO evaluation interval in steps")
     p.add_argument("--stop-at-threshold", action="store_true", help="stop each run once it reaches the threshold")
-    p.add_argument("--reuse-ppo", action="store_true",
-                   help="take the PPO curves from the last run's JSON (e.g. to score another threshold)")
+    p.add_argument("--ppo-only", action="store_true", help="train and keep the PPO seeds' curves, score nothing")
+    p.add_argument("--rerun-ppo", action="store_true", help="train PPO again even where a kept curve reaches far enough")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "sample_efficiency")
     p.add_argument("--no-record", action="store_true", help="smoke runs: do not touch results.json")
     args = p.parse_args()
+    if args.ppo_only:
+        for seed in args.seeds:
+            ppo_curve(args.task, seed, args.ppo_steps, args.eval_every, None, args.rerun_ppo)
+        return
+    if args.threshold is None:
+        p.error("--threshold is required unless --ppo-only")
 
     stop_at = args.threshold if args.stop_at_threshold else None
     curves: dict[str, list[Curve]] = {"MB-MPO": [], "PPO (SB3 defaults)": []}
@@ -161,12 +193,8 @@ def main() -> None:
             curves["MB-MPO"].append(run_mbmpo(args.task, seed, args.mbmpo_steps, out, args.mbmpo_config,
                                               args.threads, stop_at))
     stem = PLOTS / f"{args.task}_sample_efficiency"
-    if args.reuse_ppo:
-        curves["PPO (SB3 defaults)"] = json.loads(stem.with_suffix(".json").read_text())["curves"]["PPO (SB3 defaults)"]
-    else:
-        for seed in args.seeds:
-            curves["PPO (SB3 defaults)"].append(run_ppo(args.task, seed, args.ppo_steps, 200, args.eval_every,
-                                                        stop_at))
+    curves["PPO (SB3 defaults)"] = [ppo_curve(args.task, seed, args.ppo_steps, args.eval_every, stop_at,
+                                              args.rerun_ppo) for seed in args.seeds]
     PLOTS.mkdir(parents=True, exist_ok=True)
     plot(args.task, curves, args.threshold, stem.with_suffix(".png"))
     reached = {m: [steps_to(c, args.threshold) for c in runs] for m, runs in curves.items()}
