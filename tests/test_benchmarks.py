@@ -25,6 +25,23 @@ def test_steps_to_threshold_is_the_first_evaluation_at_or_above_it() -> None:
     assert steps_to(curve, 190.0) == 2000 and steps_to(curve, 198.0) == 4000 and steps_to(curve, 250.0) is None
 
 
+def test_a_kept_ppo_curve_is_reused_up_to_the_steps_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sample_efficiency
+
+    monkeypatch.setattr(sample_efficiency, "PPO_CURVES", tmp_path)
+    monkeypatch.setattr(sample_efficiency, "ROOT", tmp_path.parent)
+    kept = {"task": "Swimmer-v5", "seed": 3, "eval_every": 2048, "date": "2026-12-05",
+            "curve": [[2048, 1.0], [4096, 2.0], [6144, 3.0]]}
+    (tmp_path / "Swimmer-v5_s3.json").write_text(json.dumps(kept))
+    trained: list[int] = []
+    monkeypatch.setattr(sample_efficiency, "run_ppo", lambda *a: trained.append(a[2]) or [(a[2], 9.0)])
+
+    assert sample_efficiency.ppo_curve("Swimmer-v5", 3, 4096, 2048, None, False) == [(2048, 1.0), (4096, 2.0)]
+    assert trained == []
+    assert sample_efficiency.ppo_curve("Swimmer-v5", 3, 8192, 2048, None, False) == [(8192, 9.0)]  # too short
+    assert trained == [8192] and json.loads((tmp_path / "Swimmer-v5_s3.json").read_text())["curve"] == [[8192, 9.0]]
+
+
 def test_data_node_records_a_short_stream_with_zero_loss(tmp_path: Path) -> None:
     pytest.importorskip("rclpy")
     from data_node_throughput import offer
