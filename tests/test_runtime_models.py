@@ -125,3 +125,37 @@ def test_adaptation_through_the_models_adapts_or_refuses_and_needs_models(run: P
     (broken / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match=r"unreadable dynamics models: .*non-finite model arrays \['w1'\]"):
         load(broken)
+
+
+def test_a_later_step_out_of_bounds_keeps_the_steps_already_taken(run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each imagined batch scores one more than the last (so every step 'raises the return'); the second step is
+    refused by its KL bound: the first step stands. When the first is refused, the meta-policy is kept."""
+    import mbmpo.runtime.policy as runtime_policy
+
+    calls = {"imagine": 0, "adapt": 0}
+
+    def scored_imagine(*args: object, **kwargs: object) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        episodes = imagine(*args, **kwargs)  # type: ignore[arg-type]
+        calls["imagine"] += 1
+        return [(o, a, np.full_like(r, calls["imagine"])) for o, a, r in episodes]
+
+    real_adapt_once = runtime_policy.Policy._adapt_once
+
+    def refuse_second(self: runtime_policy.Policy, *args: object) -> runtime_policy.Policy:
+        calls["adapt"] += 1
+        if calls["adapt"] == refused_at:
+            raise AdaptationRefused("adaptation moved the policy by KL 9 > bound 0.05")
+        return real_adapt_once(self, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(runtime_policy, "imagine", scored_imagine)
+    monkeypatch.setattr(runtime_policy.Policy, "_adapt_once", refuse_second)
+    policy = load(run.parent / "bundle")
+    rng = np.random.default_rng(0)
+    episode = (rng.standard_normal((21, 17)).astype(np.float32) * 0.1, rng.uniform(-1, 1, (20, 6)).astype(np.float32))
+    refused_at = 2
+    adapted = policy.adapt_in_models([episode], steps=3, rng=np.random.default_rng(1))
+    assert adapted is not policy and adapted.adapt_info["steps"] == 1.0 and adapted.kl_from_parent > 0
+    assert adapted.adapt_info["imagined_return_after"] > adapted.adapt_info["imagined_return_before"]
+    calls["adapt"], refused_at = 0, 1
+    with pytest.raises(AdaptationRefused, match="KL 9 > bound"):
+        policy.adapt_in_models([episode], steps=3, rng=np.random.default_rng(1))
