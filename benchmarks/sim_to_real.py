@@ -40,6 +40,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--adapt-kl", type=float, help="scale the step to this KL (default: the bundle's step)")
     parser.add_argument("--adapt-steps", type=int, default=1, help="steps on the same fresh episodes (with --through "
                         "models: at most this many steps in the corrected models)")
+    parser.add_argument("--adapt-rounds", type=int, default=1,
+                        help="online rounds: each further one collects --adapt-episodes more with the policy adapted "
+                             "so far and adapts it again (through the models: corrected to all fresh episodes)")
     parser.add_argument("--through", choices=["episodes", "models"], default="episodes",
                         help="adapt on the fresh episodes (the step's data), or through the bundle's dynamics models "
                              "corrected to them")
@@ -62,7 +65,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for bundle in args.policy:
             for seed in range(args.seeds):
                 r = evaluate_bundle(bundle, task, args.episodes, True, perturb, args.adapt_episodes, seed=1000 * seed,
-                                    adapt_kl=args.adapt_kl, adapt_steps=args.adapt_steps, through=args.through)
+                                    adapt_kl=args.adapt_kl, adapt_steps=args.adapt_steps, through=args.through,
+                                    adapt_rounds=args.adapt_rounds)
                 pre.append(r["return_pre_mean"])
                 post.append(r["return_adapted_mean"])
                 kls.append(r.get("adapt_kl", float("nan")))
@@ -78,6 +82,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     plot(args.task, rows, args.plot or PLOTS / f"{args.task}_sim_to_real.png")
     if args.record:
         how = f"adapted through the {args.through}, up to {args.adapt_steps} step(s) from {args.adapt_episodes} episodes"
+        how += f" x {args.adapt_rounds} rounds" if args.adapt_rounds > 1 else ""
         record_figures(args.task, recovery, nominal_change, len(args.policy), args.seeds, how)
     return rows
 

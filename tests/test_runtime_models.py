@@ -11,6 +11,7 @@ import torch
 
 from mbmpo.cli import main
 from mbmpo.config import config_from_dict
+from mbmpo.errors import UserError
 from mbmpo.models.ensemble import DynamicsEnsemble
 from mbmpo.runtime import AdaptationRefused, BundleError, load
 from mbmpo.runtime.models import Models, imagine
@@ -159,3 +160,13 @@ def test_a_later_step_out_of_bounds_keeps_the_steps_already_taken(run: Path, mon
     calls["adapt"], refused_at = 0, 1
     with pytest.raises(AdaptationRefused, match="KL 9 > bound"):
         policy.adapt_in_models([episode], steps=3, rng=np.random.default_rng(1))
+
+
+def test_online_rounds_collect_more_episodes_and_adapt_again(run: Path) -> None:
+    task = get_task("HalfCheetah-v5")
+    r = evaluate_bundle(run.parent / "bundle", task, 1, True, {"mass": 1.3}, adapt_episodes=1, seed=3,
+                        adapt_steps=2, through="models", adapt_rounds=3)
+    assert r["adapt_transitions"] == 3 * task.horizon, r
+    assert ("adapt_refused" in r) != (1 <= r.get("rounds_adapted", 0) <= 3), r
+    with pytest.raises(UserError, match="--adapt-rounds must be >= 1"):
+        evaluate_bundle(run.parent / "bundle", task, 1, True, {}, adapt_rounds=0)

@@ -40,15 +40,18 @@ def check_contract(policy: Policy, task: TaskSpec) -> None:
 
 def evaluate_bundle(pdir: Path, task: TaskSpec, episodes: int, adapt: bool, perturb: dict[str, float],
                     adapt_episodes: int = 4, seed: int = 12345, adapt_kl: float | None = None,
-                    adapt_steps: int = 1, through: str = "episodes") -> dict[str, Any]:
+                    adapt_steps: int = 1, through: str = "episodes", adapt_rounds: int = 1) -> dict[str, Any]:
     """Returns before (meta-policy, `return_pre_*`) and, with `adapt`, after ONE adaptation step from fresh
     real episodes (`return_adapted_*`; `return_post` names the model-adapted policies of training). The step
     is the bundle's (training's step size) unless `adapt_kl` scales it to that KL; `adapt_steps` > 1 takes
     more steps on the same episodes, each from the last and under the KL bound (`adapt_kl` the total).
     `through="models"` adapts through the bundle's dynamics models instead (`Policy.adapt_in_models`: up to
-    `adapt_steps` steps on imagined rollouts of the models corrected to the fresh episodes)."""
-    if adapt_steps < 1:
-        raise UserError(f"--adapt-steps must be >= 1, got {adapt_steps}")
+    `adapt_steps` steps on imagined rollouts of the models corrected to the fresh episodes). `adapt_rounds` > 1
+    goes on adapting online: each further round collects `adapt_episodes` more with the policy adapted so far
+    and adapts it again, through the models corrected to every fresh episode so far, or on the round's own
+    episodes (a policy-gradient step needs its own policy's data); a refused round keeps the policy it had."""
+    if adapt_steps < 1 or adapt_rounds < 1:
+        raise UserError(f"--adapt-steps and --adapt-rounds must be >= 1, got {adapt_steps} and {adapt_rounds}")
     if through not in ADAPT_THROUGH:
         raise UserError(f"adapt through '{through}': expected one of {', '.join(ADAPT_THROUGH)}")
     if episodes < 1:
@@ -66,15 +69,26 @@ def evaluate_bundle(pdir: Path, task: TaskSpec, episodes: int, adapt: bool, pert
                               "policy_version": policy.manifest["policy_version"],
                               "return_pre_mean": float(np.mean(pre)), "return_pre_std": float(np.std(pre))}
     if adapt:
-        fresh = [runtime_episode(policy, env, seed + 1000 + i, task.horizon, False, rng) for i in range(adapt_episodes)]
-        try:
-            pieces = [(o, a) for o, a, _ in fresh]
-            adapted = policy.adapt(pieces, kl=adapt_kl, steps=adapt_steps) if through == "episodes" else \
-                policy.adapt_in_models(pieces, steps=adapt_steps, rng=np.random.default_rng(seed + 7), kl=adapt_kl)
-            result["adapt_kl"] = adapted.kl_from_parent
-            result.update(adapted.adapt_info)
-        except AdaptationRefused as err:
-            adapted, result["adapt_refused"] = policy, str(err)
+        adapted, fresh, refusal = policy, [], ""
+        for k in range(adapt_rounds):
+            new = [runtime_episode(adapted, env, seed + 1000 + k * adapt_episodes + i, task.horizon, False, rng)
+                   for i in range(adapt_episodes)]
+            fresh += new
+            try:
+                if through == "episodes":
+                    step = adapted.adapt([(o, a) for o, a, _ in new], kl=adapt_kl, steps=adapt_steps)
+                else:
+                    step = adapted.adapt_in_models([(o, a) for o, a, _ in fresh], steps=adapt_steps,
+                                                   rng=np.random.default_rng(seed + 7 + k), kl=adapt_kl)
+            except AdaptationRefused as err:
+                refusal = str(err)
+                continue
+            result.update(step.adapt_info)
+            result["adapt_kl"] = policy.kl_to(step, np.concatenate([o[:-1] for o, _, _ in fresh]))
+            result["rounds_adapted"] = result.get("rounds_adapted", 0) + 1
+            adapted = step
+        if adapted is policy:
+            result["adapt_refused"] = refusal
         post = [runtime_episode(adapted, env, seed + i, task.horizon, True, rng)[2] for i in range(episodes)]
         result.update({"adapt_transitions": int(sum(len(a) for _, a, _ in fresh)),
                        "return_adapted_mean": float(np.mean(post)), "return_adapted_std": float(np.std(post))})
