@@ -50,8 +50,9 @@ def evaluate_bundle(pdir: Path, task: TaskSpec, episodes: int, adapt: bool, pert
     goes on adapting online: each further round collects `adapt_episodes` more with the policy adapted so far
     and adapts it again, through the models corrected to every fresh episode so far, or on the round's own
     episodes (a policy-gradient step needs its own policy's data); a refused round keeps the policy it had."""
-    if adapt_steps < 1 or adapt_rounds < 1:
-        raise UserError(f"--adapt-steps and --adapt-rounds must be >= 1, got {adapt_steps} and {adapt_rounds}")
+    for flag, value in (("--adapt-steps", adapt_steps), ("--adapt-rounds", adapt_rounds)):
+        if value < 1:
+            raise UserError(f"{flag} must be >= 1, got {value}")
     if through not in ADAPT_THROUGH:
         raise UserError(f"adapt through '{through}': expected one of {', '.join(ADAPT_THROUGH)}")
     if episodes < 1:
