@@ -13,7 +13,7 @@ from mbmpo.cli import main
 from mbmpo.config import config_from_dict
 from mbmpo.errors import UserError
 from mbmpo.models.ensemble import DynamicsEnsemble
-from mbmpo.runtime import AdaptationRefused, BundleError, load
+from mbmpo.runtime import AdaptationRefused, BundleError, Policy, load
 from mbmpo.runtime.models import Models, imagine
 from mbmpo.tasks import get_task
 from mbmpo.train.evaluate_bundle import evaluate_bundle
@@ -170,3 +170,29 @@ def test_online_rounds_collect_more_episodes_and_adapt_again(run: Path) -> None:
     assert ("adapt_refused" in r) != (1 <= r.get("rounds_adapted", 0) <= 3), r
     with pytest.raises(UserError, match="--adapt-rounds must be >= 1"):
         evaluate_bundle(run.parent / "bundle", task, 1, True, {}, adapt_rounds=0)
+
+
+def test_a_judged_adaptation_that_scores_lower_on_the_robot_is_reverted(run: Path) -> None:
+    """adapt_online with scripted collections: the first adapted policy's episodes score below the meta-policy's
+    (reverted), the second's above (kept); one judging collection more than rounds."""
+    from mbmpo.train.evaluate_bundle import adapt_online
+
+    policy = load(run.parent / "bundle")
+    obs = np.zeros((3, 17), np.float32)
+    scores = iter([100.0, 90.0, 120.0])
+    seen: list[str] = []
+
+    def collect(current: Policy, k: int) -> list[tuple[np.ndarray, np.ndarray, float]]:
+        seen.append(current.name)
+        return [(obs, np.zeros((2, 6), np.float32), next(scores))]
+
+    def adapt_once(current: Policy, fresh: list, own: list, k: int) -> Policy:
+        return Policy(policy.bundle, {n: v + np.float32(0.01 * (k + 1)) for n, v in policy.params.items()}, f"step{k}")
+
+    final, info = adapt_online(policy, collect, adapt_once, 2, True)
+    assert seen == ["meta", "step0", "step1"] and final.name == "step1", seen
+    assert info["rounds_adapted"] == 2 and info["rounds_reverted"] == 1 and info["adapt_transitions"] == 6
+    assert info["adapt_kl"] > 0 and "adapt_refused" not in info
+    scores = iter([100.0, 90.0])
+    final, info = adapt_online(policy, collect, adapt_once, 1, True)
+    assert final is policy and info["rounds_reverted"] == 1 and "scored below" in info["adapt_refused"]

@@ -202,8 +202,9 @@ class Policy:
         """Adaptation through the models: the bundle's ensemble is corrected to the fresh episodes (obs (L+1) x D,
         act L x A; `Models.corrected`), then up to `steps` of training's inner step, each on imagined rollouts
         of the corrected members (the data the step was meta-trained on; `kl` scales each to that KL instead)
-        and each under `max_kl`. A step is kept only if the imagined return of the policy it gives rises (same
-        start states and noise); the steps kept stand when a later one is not. Raises `AdaptationRefused` when
+        and each under `max_kl`. A step is kept only if the imagined return of the policy it gives rises on
+        judging rollouts drawn apart from the step's own (the same start states and noise for every policy
+        judged); the steps kept stand when a later one is not. Raises `AdaptationRefused` when
         the first step is not kept, or when the bundle carries no models."""
         models, spec = self.bundle.models, self.manifest.get("models")
         if models is None or not spec:
@@ -222,30 +223,33 @@ class Policy:
                              f"({len(states)}, {self.bundle.act_dim})")
         corrected, err_before, err_after = models.corrected(states, act, np.concatenate([o[1:] for o in obs]), rng)
         starts = np.stack([o[0] for o in obs]) if spec["start_states"] == "reset" else states
-        seed = int(rng.integers(2**31))
+        judge, *draws = (int(x) for x in rng.integers(2**31, size=steps + 1))
         low, high = np.asarray(self.manifest["act_low"], np.float32), np.asarray(self.manifest["act_high"], np.float32)
 
-        def rollouts(policy: Policy) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-            common = np.random.default_rng(seed)  # the same starts and noise for every policy compared
+        def rollouts(policy: Policy, seed: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+            common = np.random.default_rng(seed)  # a seed's starts and noise are the same for every policy
             return imagine(policy.sampler(common), corrected, starts, int(spec["rollouts_per_task"]),
                            int(spec["horizon"]), float(spec["clip_obs"]), self.bundle.reward_fn,
                            self.bundle.termination_fn, low, high, common)
 
-        current, batch = self, rollouts(self)
-        returns = [float(np.mean([r.sum() for _, _, r in batch]))]
-        for _ in range(steps):
+        def value(policy: Policy) -> float:
+            """Imagined return on the judging rollouts: never the ones a step was taken on, whose noise the step
+            fits (judged on its own batch, a step on an unshifted robot 'gained' every time and drifted)."""
+            return float(np.mean([r.sum() for _, _, r in rollouts(policy, judge)]))
+
+        current, returns = self, [value(self)]
+        for draw in draws:
             try:
-                candidate = current._adapt_once(batch, None, max_kl, kl)
+                candidate = current._adapt_once(rollouts(current, draw), None, max_kl, kl)
             except AdaptationRefused:
                 if current is self:
                     raise
                 break  # a later step out of bounds: the steps kept so far stand
-            trial = rollouts(candidate)
-            value = float(np.mean([r.sum() for _, _, r in trial]))
-            if not value > returns[-1]:
+            gained = value(candidate)
+            if not gained > returns[-1]:
                 break
-            current, batch = candidate, trial
-            returns.append(value)
+            current = candidate
+            returns.append(gained)
         if current is self:
             raise AdaptationRefused(f"the step did not raise the imagined return in the corrected models "
                                     f"({returns[0]:.1f} before); keeping '{self.name}'")
