@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--adapt-rounds", type=int, default=1,
                         help="online rounds: each further one collects --adapt-episodes more with the policy adapted "
                              "so far and adapts it again (through the models: corrected to all fresh episodes)")
-    parser.add_argument("--judge", action="store_true",
+    parser.add_argument("--judge", "--adapt-judge", action="store_true",
                         help="each adapted policy runs --adapt-episodes of its own and is kept only if they score at "
                              "least what the episodes of the policy it came from scored (one collection more)")
     parser.add_argument("--through", choices=["episodes", "models"], default="episodes",

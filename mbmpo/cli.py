@@ -50,6 +50,10 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--adapt-through", choices=["episodes", "models"], default="episodes",
                     help="--adapt on the fresh episodes, or through the bundle's models corrected to them")
     ev.add_argument("--adapt-steps", type=int, default=1, help="--adapt: steps (through the models: at most)")
+    ev.add_argument("--adapt-rounds", type=int, default=1,
+                    help="--adapt online in rounds: each adapts the policy in use after its own --adapt-episodes")
+    ev.add_argument("--adapt-judge", action="store_true",
+                    help="--adapt: revert an adapted policy whose own episodes score below its parent's")
     ev.add_argument("--perturb", nargs="*", metavar="KEY=SCALE", help="scale mass, inertia, friction, gear, damping")
     ev.add_argument("--episodes", type=int, default=10)
     ev.add_argument("--seed", type=int, default=12345)
@@ -157,7 +161,7 @@ def _eval(args: argparse.Namespace) -> int:
 
         result = evaluate_bundle(args.policy, get_task(args.task), args.episodes, args.adapt, perturb,
                                  args.adapt_episodes, args.seed, adapt_steps=args.adapt_steps,
-                                 through=args.adapt_through)
+                                 through=args.adapt_through, adapt_rounds=args.adapt_rounds, judge=args.adapt_judge)
     else:
         from mbmpo.train.evaluate import evaluate_run
 

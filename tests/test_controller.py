@@ -156,6 +156,36 @@ def test_deploy_adapts_through_the_models_or_refuses_and_keeps_acting(pendulum_b
         ControllerSettings(adapt_through="model")
 
 
+def test_online_rounds_judged_by_the_robot_revert_a_worse_policy_and_keep_a_better(pendulum_bundle: Path) -> None:
+    """adapt_rounds 2, adapt_judge: the first adapted policy's episode falls (the pole tilted past the task's
+    0.2 rad: terminated at once) and scores below the meta-policy's: reverted; the meta-policy runs again, is
+    adapted again, and that policy's episode scores as well as the meta-policy's: kept, and no further round."""
+    c = make_controller(pendulum_bundle, mode="deploy", horizon=5, adapt_episodes=1, adapt_max_kl=1e9,
+                        adapt_rounds=2, adapt_judge=True)
+    robot = Robot(c)
+    seen: list[str] = []
+    fall = {"meta+adapted"}
+
+    def episodes(n: int) -> None:
+        for _ in range(n):
+            start = c.counts["episodes"]
+            seen.append(c.policy.name)
+            while c.counts["episodes"] == start:
+                hinge = 0.5 if c.policy.name in fall else 0.01
+                robot.stamp += 10_000_000
+                obs = c.on_state(NAMES, [0.0, hinge], [0.0, 0.0], robot.stamp, time.monotonic())
+                if obs is not None:
+                    c.control(obs, time.monotonic())
+            _wait_for_worker(c)
+
+    episodes(7)  # each adapted policy comes in at the end of the episode during which it was computed
+    assert seen == ["meta", "meta", "meta+adapted", "meta", "meta", "meta+adapted2", "meta+adapted2"], seen
+    assert c.counts["adaptations"] == 2 and c.counts["adaptations_reverted"] == 1 and c.online.finished
+    assert c.returns["meta+adapted"] == [0.0] and c.returns["meta+adapted2"] == [5.0, 5.0]
+    with pytest.raises(ValueError, match="adapt_rounds must be >= 1"):
+        ControllerSettings(adapt_rounds=0)
+
+
 def test_a_failing_adaptation_keeps_the_meta_policy_acting(pendulum_bundle: Path) -> None:
     c = make_controller(pendulum_bundle, mode="deploy", horizon=5, adapt_episodes=1)
 

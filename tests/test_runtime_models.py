@@ -173,26 +173,32 @@ def test_online_rounds_collect_more_episodes_and_adapt_again(run: Path) -> None:
 
 
 def test_a_judged_adaptation_that_scores_lower_on_the_robot_is_reverted(run: Path) -> None:
-    """adapt_online with scripted collections: the first adapted policy's episodes score below the meta-policy's
-    (reverted), the second's above (kept); one judging collection more than rounds."""
+    """The online loop with scripted returns: the first adapted policy's episodes score below the meta-policy's
+    (reverted, and the next round starts from fresh episodes of the meta-policy), the second's above (kept)."""
+    from mbmpo.deploy.online import OnlineAdaptation, Request
     from mbmpo.train.evaluate_bundle import adapt_online
 
     policy = load(run.parent / "bundle")
     obs = np.zeros((3, 17), np.float32)
-    scores = iter([100.0, 90.0, 120.0])
+    scores = iter([100.0, 90.0, 100.0, 120.0])
     seen: list[str] = []
 
-    def collect(current: Policy, k: int) -> list[tuple[np.ndarray, np.ndarray, float]]:
+    def collect(current: Policy, n: int) -> tuple[np.ndarray, np.ndarray, float]:
         seen.append(current.name)
-        return [(obs, np.zeros((2, 6), np.float32), next(scores))]
+        return obs, np.zeros((2, 6), np.float32), next(scores)
 
-    def adapt_once(current: Policy, fresh: list, own: list, k: int) -> Policy:
-        return Policy(policy.bundle, {n: v + np.float32(0.01 * (k + 1)) for n, v in policy.params.items()}, f"step{k}")
+    def adapt_once(request: Request, k: int) -> Policy:
+        shift = np.float32(0.01 * (k + 1))
+        return Policy(policy.bundle, {n: v + shift for n, v in request.policy.params.items()}, "step")
 
-    final, info = adapt_online(policy, collect, adapt_once, 2, True)
-    assert seen == ["meta", "step0", "step1"] and final.name == "step1", seen
-    assert info["rounds_adapted"] == 2 and info["rounds_reverted"] == 1 and info["adapt_transitions"] == 6
+    online = OnlineAdaptation(policy, 1, rounds=2, judge=True)
+    info = adapt_online(online, collect, adapt_once, 10)
+    assert seen == ["meta", "meta+adapted", "meta", "meta+adapted2"], seen
+    assert online.current.name == "meta+adapted2" and online.finished
+    assert info["rounds_adapted"] == 2 and info["rounds_reverted"] == 1 and info["adapt_transitions"] == 8
     assert info["adapt_kl"] > 0 and "adapt_refused" not in info
-    scores = iter([100.0, 90.0])
-    final, info = adapt_online(policy, collect, adapt_once, 1, True)
-    assert final is policy and info["rounds_reverted"] == 1 and "scored below" in info["adapt_refused"]
+    scores = iter([100.0, 90.0, 95.0, 99.0])
+    online = OnlineAdaptation(policy, 1, rounds=1, judge=True)
+    info = adapt_online(online, collect, adapt_once, 10)
+    assert online.current is policy and info["rounds_reverted"] == 1 and "scored below" in info["adapt_refused"]
+    assert info["adapt_transitions"] == 4  # 1 round judged: done after 2 episodes; the budget is not reached

@@ -8,7 +8,9 @@ episode ended (ask the robot for a reset), and the runtime fault, if one forced 
 
 Modes: `explore` cycles the K adapted policies of the bundle, one per episode (MB-MPO's data collection);
 `deploy` runs the meta-policy for `adapt_episodes` episodes, adapts it with ONE gradient step on the
-worker, and swaps the adapted policy in at the next episode boundary.
+worker, and swaps the adapted policy in at the next episode boundary; `adapt_rounds` > 1 goes on adapting
+the policy in use, and `adapt_judge` keeps an adapted policy only if its own episodes score at least its
+parent's (`mbmpo.deploy.online`).
 
 Resets (`reset`, see `mbmpo.deploy.reset` and `mbmpo.deploy.reset_cycle`): between episodes, and before the
 first, the robot is reset through a service, driven home, held for the operator, or not reset at all; states
@@ -35,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from mbmpo.deploy.contract import ObservationBuilder, ObservationError
+from mbmpo.deploy.online import OnlineAdaptation, Request
 from mbmpo.deploy.rate import RateMonitor
 from mbmpo.deploy.reset import RESET_MODES
 from mbmpo.deploy.reset_cycle import ResetCycle, home_spec
@@ -63,6 +66,8 @@ class ControllerSettings:
     adapt_steps: int = 1  # deploy: gradient steps on those episodes, each from the last and under the KL bound
     adapt_max_kl: float = 0.0  # deploy: KL bound of an adaptation; 0 takes the bundle's
     adapt_through: str = "episodes"  # deploy: step on the fresh episodes, or through the bundle's models corrected to them
+    adapt_rounds: int = 1  # deploy: adaptations in all, each of the policy in use after its adapt_episodes episodes
+    adapt_judge: bool = False  # deploy: an adapted policy whose episodes score below its parent's is reverted
     deterministic: bool = False  # act with the mean action
     horizon: int = 0  # episode length; 0 takes the bundle's
     control_period: float = 0.0  # seconds; 0 takes the bundle's
@@ -87,9 +92,9 @@ class ControllerSettings:
             raise ValueError(f"home is given but reset is '{self.reset}', not home")
         if self.explore_offset < 0:
             raise ValueError(f"explore_offset must be >= 0, got {self.explore_offset}")
-        if self.adapt_episodes < 1 or self.adapt_steps < 1:
-            raise ValueError(f"adapt_episodes and adapt_steps must be >= 1, got {self.adapt_episodes} and "
-                             f"{self.adapt_steps}")
+        for name in ("adapt_episodes", "adapt_steps", "adapt_rounds"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.adapt_through not in ADAPT_THROUGH:
             raise ValueError(f"adapt_through '{self.adapt_through}' is not one of {', '.join(ADAPT_THROUGH)}")
         if self.horizon < 0 or self.control_period < 0 or self.adapt_max_kl < 0:
@@ -142,7 +147,8 @@ class Controller:
         self.counts = {"transitions": 0, "episodes": 0, "ticks": 0, "ticks_without_state": 0, "missed_periods": 0,
                        "bad_states": 0,
                        "bundles_loaded": 0, "bundles_refused": 0, "adaptations": 0, "adaptations_refused": 0,
-                       "adaptations_failed": 0, "faults": 0, "resets": 0, "reset_failures": 0}
+                       "adaptations_failed": 0, "adaptations_reverted": 0, "faults": 0, "resets": 0,
+                       "reset_failures": 0}
         self.last_fault: str | None = None
         self.latencies: list[float] = []
         self.deliveries_ms: list[float] = []  # bundle publication -> installed, per received bundle
@@ -154,8 +160,7 @@ class Controller:
         self.pieces: list[tuple[np.ndarray, np.ndarray]] = []  # deploy: the episode's pieces before its last gap
         self.explore_index = 0
         self.prev: tuple[np.ndarray, np.ndarray] | None = None  # (obs, applied action) awaiting its next state
-        self.fresh: list[tuple[np.ndarray, np.ndarray]] = []  # deploy: meta-policy pieces for adaptation
-        self.fresh_episodes = 0  # the episodes they came from
+        self.online: OnlineAdaptation | None = None  # deploy: the current bundle's adaptation state
         self.episode_obs: list[np.ndarray] = []
         self.episode_act: list[np.ndarray] = []
         self.adapting = False
@@ -218,7 +223,9 @@ class Controller:
             self.resets.home = home_spec(self.settings.home, m)
         self.base = meta
         self.explore_index = self.settings.explore_offset
-        self.fresh, self.fresh_episodes = [], 0
+        st = self.settings
+        self.online = OnlineAdaptation(meta, st.adapt_episodes, st.adapt_rounds, st.adapt_judge,
+                                       st.adapt_through) if st.mode == "deploy" else None
         first = self.policy is None
         self.pending = self.next_policy()
         if first:  # the first episode starts like every other: after a reset
@@ -255,15 +262,21 @@ class Controller:
 
     def _adaptation_done(self, result: JobResult) -> None:
         self.adapting = False
-        err = result.error
+        online, err = self.online, result.error
+        stale = result.context is not online or online is None  # a bundle that arrived meanwhile
         if isinstance(err, (AdaptationRefused, ValueError)):
             self.counts["adaptations_refused"] += 1
             self.log("warning", f"adaptation refused: {err}")
         elif err is not None:
             self.counts["adaptations_failed"] += 1
-            self.log("error", f"adaptation failed: {type(err).__name__}: {err}; keeping the meta-policy")
-        elif result.context is self.base:  # a bundle that arrived meanwhile makes the result stale
+            self.log("error", f"adaptation failed: {type(err).__name__}: {err}; keeping the policy in use")
+        if stale or online is None:
+            return
+        if err is not None:
+            online.adapted(None)
+        else:
             adapted, seconds = result.value
+            online.adapted(adapted)
             self.pending = adapted
             self.counts["adaptations"] += 1
             info = adapted.adapt_info
@@ -438,12 +451,15 @@ class Controller:
         self._check_episode_length(self.step)
         if self.episode_act:
             self.pieces.append((np.stack(self.episode_obs), np.stack(self.episode_act)))
-        if self.settings.mode == "deploy" and self.policy is self.base and not self.adapting and self.pieces:
-            self.fresh += self.pieces
-            self.fresh_episodes += 1
-            if self.fresh_episodes >= self.settings.adapt_episodes:
-                self._adapt(self.fresh, self.base)
-                self.fresh, self.fresh_episodes = [], 0
+        if self.online is not None and self.pieces:
+            request, verdict = self.online.episode_ended(self.policy, self.pieces, self.episode_return)
+            if verdict:
+                self.log("info" if self.online.current is self.policy else "warning", verdict)
+            if self.online.current is not self.policy and self.pending is None:  # the judge sent the parent back
+                self.counts["adaptations_reverted"] += 1
+                self.pending = self.online.current
+            if request is not None:
+                self._adapt(request, self.online)
         if self.pending is not None:
             self.policy, self.pending = self.pending, None
         elif self.settings.mode == "explore":
@@ -484,20 +500,21 @@ class Controller:
             return None
         return self.control(self.newest, now)
 
-    def _adapt(self, episodes: list[tuple[np.ndarray, np.ndarray]], base: Policy) -> None:
-        """deploy: ONE adaptation step from fresh episodes (or `adapt_steps`, each from the last and under the
-        KL bound: one refused keeps the meta-policy), on the worker."""
+    def _adapt(self, request: Request, online: OnlineAdaptation) -> None:
+        """deploy: ONE adaptation step of the policy in use from fresh episodes (or `adapt_steps`, each from the
+        last and under the KL bound: one refused keeps the policy in use), on the worker."""
         max_kl, steps = self.settings.adapt_max_kl or None, self.settings.adapt_steps
         rng = np.random.default_rng([self.settings.seed, self.counts["adaptations"] + self.counts["adaptations_refused"]])
+        policy, episodes = request.policy, request.episodes
 
         def job() -> tuple[Policy, float]:
             t0 = time.perf_counter()
             if self.settings.adapt_through == "models":
-                return base.adapt_in_models(episodes, steps=steps, max_kl=max_kl, rng=rng), time.perf_counter() - t0
-            return base.adapt(episodes, max_kl=max_kl, steps=steps), time.perf_counter() - t0
+                return policy.adapt_in_models(episodes, steps=steps, max_kl=max_kl, rng=rng), time.perf_counter() - t0
+            return policy.adapt(episodes, max_kl=max_kl, steps=steps), time.perf_counter() - t0
 
         self.adapting = True
-        self.worker.submit("adapt", job, context=base)
+        self.worker.submit("adapt", job, context=online)
 
     # ---- reports ----------------------------------------------------------------------------------
     def adaptation_effect(self) -> dict[str, Any]:
@@ -506,7 +523,8 @@ class Controller:
         if self.settings.mode != "deploy" or self.base is None:
             return {}
         before = self.returns.get(self.base.name, [])[-10:]
-        after = self.returns.get(f"{self.base.name}+adapted", [])[-10:]
+        after = [g for name, values in self.returns.items() if name.startswith(f"{self.base.name}+adapted")
+                 for g in values][-10:]
         return {"return_before_adaptation": _mean(before), "episodes_before_adaptation": len(before),
                 "return_after_adaptation": _mean(after), "episodes_after_adaptation": len(after)}
 

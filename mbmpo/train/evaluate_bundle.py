@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from mbmpo.deploy.online import OnlineAdaptation, Request
 from mbmpo.errors import UserError
 from mbmpo.runtime import AdaptationRefused, BundleError, Policy, load
 from mbmpo.runtime.policy import ADAPT_THROUGH
@@ -48,8 +49,9 @@ def evaluate_bundle(pdir: Path, task: TaskSpec, episodes: int, adapt: bool, pert
     is the bundle's (training's step size) unless `adapt_kl` scales it to that KL; `adapt_steps` > 1 takes
     more steps on the same episodes, each from the last and under the KL bound (`adapt_kl` the total).
     `through="models"` adapts through the bundle's dynamics models instead (`Policy.adapt_in_models`: up to
-    `adapt_steps` steps on imagined rollouts of the models corrected to the fresh episodes). `adapt_rounds` and
-    `judge`: see `adapt_online`."""
+    `adapt_steps` steps on imagined rollouts of the models corrected to the fresh episodes). `adapt_rounds` > 1
+    adapts online in rounds and `judge` keeps an adapted policy only if the robot's returns say so, as the
+    policy node does (mbmpo.deploy.online), on at most (adapt_rounds + judge) x adapt_episodes fresh episodes."""
     for flag, value in (("--adapt-steps", adapt_steps), ("--adapt-rounds", adapt_rounds)):
         if value < 1:
             raise UserError(f"{flag} must be >= 1, got {value}")
@@ -70,19 +72,19 @@ def evaluate_bundle(pdir: Path, task: TaskSpec, episodes: int, adapt: bool, pert
                               "policy_version": policy.manifest["policy_version"],
                               "return_pre_mean": float(np.mean(pre)), "return_pre_std": float(np.std(pre))}
     if adapt:
-        def adapt_once(current: Policy, fresh: list[Episode], own: list[Episode], k: int) -> Policy:
-            if through == "episodes":  # a policy-gradient step: the current policy's own episodes
-                return current.adapt([(o, a) for o, a, _ in own], kl=adapt_kl, steps=adapt_steps)
-            return current.adapt_in_models([(o, a) for o, a, _ in fresh], steps=adapt_steps,
-                                           rng=np.random.default_rng(seed + 7 + k), kl=adapt_kl)
+        def adapt_once(request: Request, k: int) -> Policy:
+            pieces = request.episodes
+            if through == "episodes":
+                return request.policy.adapt(pieces, kl=adapt_kl, steps=adapt_steps)
+            return request.policy.adapt_in_models(pieces, steps=adapt_steps, rng=np.random.default_rng(seed + 7 + k),
+                                                  kl=adapt_kl)
 
-        def collect(current: Policy, k: int) -> list[Episode]:
-            return [runtime_episode(current, env, seed + 1000 + k * adapt_episodes + i, task.horizon, False, rng)
-                    for i in range(adapt_episodes)]
+        def collect(current: Policy, n: int) -> Episode:
+            return runtime_episode(current, env, seed + 1000 + n, task.horizon, False, rng)
 
-        adapted, info = adapt_online(policy, collect, adapt_once, adapt_rounds, judge)
-        result.update(info)
-        post = [runtime_episode(adapted, env, seed + i, task.horizon, True, rng)[2] for i in range(episodes)]
+        online = OnlineAdaptation(policy, adapt_episodes, adapt_rounds, judge, through)
+        result.update(adapt_online(online, collect, adapt_once, (adapt_rounds + judge) * adapt_episodes))
+        post = [runtime_episode(online.current, env, seed + i, task.horizon, True, rng)[2] for i in range(episodes)]
         result.update({"return_adapted_mean": float(np.mean(post)), "return_adapted_std": float(np.std(post))})
     env.close()
     return result
@@ -91,45 +93,33 @@ def evaluate_bundle(pdir: Path, task: TaskSpec, episodes: int, adapt: bool, pert
 Episode = tuple[np.ndarray, np.ndarray, float]  # obs (L+1) x D, act L x A, return
 
 
-def adapt_online(policy: Policy, collect: Callable[[Policy, int], list[Episode]],
-                 adapt_once: Callable[[Policy, list[Episode], list[Episode], int], Policy],
-                 rounds: int, judge: bool) -> tuple[Policy, dict[str, Any]]:
-    """Online adaptation in `rounds`: each collects fresh episodes with the policy in use (`collect(policy, k)`)
-    and adapts it from them (`adapt_once(policy, all fresh episodes, its own, k)`; a refused round keeps it).
-    With `judge`, each adapted policy first runs its own episodes (one collection more in all) and is kept only
-    if their mean return is at least that of the episodes of the policy it came from: else that policy is back
-    in use. Returns the policy in use at the end and what happened (`adapt_kl` from `policy` on the fresh
-    states, the last adaptation's `adapt_info`, `rounds_adapted`, `rounds_reverted`, `adapt_refused` when the
-    policy in use is `policy` again, `adapt_transitions`)."""
-    current, parent, parent_own = policy, None, []
+def adapt_online(online: OnlineAdaptation, collect: Callable[[Policy, int], Episode],
+                 adapt_once: Callable[[Request, int], Policy], budget: int) -> dict[str, Any]:
+    """Drives `online` (mbmpo.deploy.online: what the policy node does) for at most `budget` fresh episodes:
+    `collect(policy in use, n)` runs the n-th, `adapt_once(request, k)` runs the k-th adaptation (raising
+    `AdaptationRefused` to refuse it). Returns what happened: `adapt_kl` (from the meta-policy to the policy in
+    use, on the fresh states), the last adaptation's `adapt_info`, `rounds_adapted`, `rounds_reverted`,
+    `adapt_refused` (why) when the meta-policy is still in use, `adapt_transitions`."""
     fresh: list[Episode] = []
-    info: dict[str, Any] = {"rounds_adapted": 0, "rounds_reverted": 0}
+    info: dict[str, Any] = {}
     refusal = ""
-    for k in range(rounds + judge):
-        own = collect(current, k)
-        fresh += own
-        if judge and parent is not None:
-            if _mean_return(own) < _mean_return(parent_own):
-                info["rounds_reverted"] += 1
-                current, own = parent, parent_own  # the judged policy's episodes stay in `fresh` (models' data)
-            parent = None
-        if k == rounds:
-            break  # the judging collection of the last round
-        try:
-            step = adapt_once(current, fresh, own, k)
-        except AdaptationRefused as err:
-            refusal = str(err)
+    while len(fresh) < budget and not online.finished:
+        fresh.append(collect(online.current, len(fresh)))
+        obs, act, episode_return = fresh[-1]
+        request, _ = online.episode_ended(online.current, [(obs, act)], episode_return)
+        if request is None:
             continue
-        info.update(step.adapt_info)
-        info["rounds_adapted"] += 1
-        parent, parent_own, current = current, own, step
-    if current is policy:
+        try:
+            step: Policy | None = adapt_once(request, online.adapted_count)
+        except AdaptationRefused as err:
+            step, refusal = None, str(err)
+        online.adapted(step)
+        info.update(step.adapt_info if step is not None else {})
+    base = online.base
+    info.update({"rounds_adapted": online.adapted_count, "rounds_reverted": online.reverted,
+                 "adapt_transitions": int(sum(len(a) for _, a, _ in fresh))})
+    if online.current is base:
         info["adapt_refused"] = refusal or "every adapted policy scored below the one it came from"
     else:
-        info["adapt_kl"] = policy.kl_to(current, np.concatenate([o[:-1] for o, _, _ in fresh]))
-    info["adapt_transitions"] = int(sum(len(a) for _, a, _ in fresh))
-    return current, info
-
-
-def _mean_return(episodes: list[Episode]) -> float:
-    return float(np.mean([g for _, _, g in episodes]))
+        info["adapt_kl"] = base.kl_to(online.current, np.concatenate([o[:-1] for o, _, _ in fresh]))
+    return info

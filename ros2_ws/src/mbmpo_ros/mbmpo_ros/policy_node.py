@@ -64,6 +64,10 @@ class PolicyNode(Node):
             adapt_max_kl=declare(self, "adapt_max_kl", 0.0, "deploy: KL bound; 0 takes the bundle's"),
             adapt_through=declare(self, "adapt_through", "episodes", "deploy: episodes (step on the fresh episodes) | "
                                   "models (step on imagined rollouts of the bundle's models corrected to them)"),
+            adapt_rounds=declare(self, "adapt_rounds", 1, "deploy: adaptations in all, each of the policy in use "
+                                 "after its adapt_episodes episodes"),
+            adapt_judge=declare(self, "adapt_judge", False, "deploy: revert an adapted policy whose own episodes "
+                                "score below its parent's"),
             deterministic=declare(self, "deterministic", False, "act with the mean action"),
             horizon=declare(self, "horizon", 0, "episode length; 0 takes the bundle's"),
             control_period=declare(self, "control_period", 0.0, "seconds; 0 takes the bundle's"),
