@@ -137,6 +137,14 @@ def steps_to(curve: Curve, threshold: float) -> int | None:
     return next((s for s, r in curve if r >= threshold), None)
 
 
+def steps_for_good(curve: Curve, threshold: float) -> int | None:
+    """Real steps at the evaluation from which the curve stays at or above `threshold` to its end (None: it
+    ends below)."""
+    below = [i for i, (_, r) in enumerate(curve) if r < threshold]
+    first = below[-1] + 1 if below else 0
+    return curve[first][0] if first < len(curve) else None
+
+
 def plot(task: str, curves: dict[str, list[Curve]], threshold: float, path: Path) -> None:
     import matplotlib
 
@@ -200,18 +208,23 @@ def main() -> None:
     reached = {m: [steps_to(c, args.threshold) for c in runs] for m, runs in curves.items()}
     stem.with_suffix(".json").write_text(json.dumps({"threshold": args.threshold, "curves": curves,
                                                      "steps_to_threshold": reached}, indent=1))
-    for method, steps in reached.items():
-        print(f"{method}: steps to {args.threshold:g}: {steps}")
-    mb, ppo = ([s for s in reached[m] if s is not None] for m in curves)
+    stays = {m: [steps_for_good(c, args.threshold) for c in runs] for m, runs in curves.items()}
+    for method in curves:
+        print(f"{method}: steps to {args.threshold:g}: first {reached[method]}, for good {stays[method]}")
     name = SHORT.get(args.task, args.task.lower())
-    if mb and ppo and not args.no_record:
+    for suffix, steps, what in (("", reached, "first evaluation at or above"),
+                                ("_sustained", stays, "evaluation from which every later one is at or above")):
+        if any(s is None for m in curves for s in steps[m]):
+            print(f"no ratio{suffix}: a run never reached (or ended below) the threshold (nothing recorded)")
+            continue
+        mb, ppo = ([s for s in steps[m] if s is not None] for m in curves)
         mb_median, ppo_median = statistics.median(mb), statistics.median(ppo)
-        record(f"{name}_mbmpo_steps_to_threshold", mb_median, f"real steps to return {args.threshold:g}")
-        record(f"{name}_ppo_steps_to_threshold", ppo_median, f"real steps to return {args.threshold:g}")
-        record(f"{name}_ppo_steps_ratio", ppo_median / mb_median, "PPO steps / MB-MPO steps")
-        print(f"ratio PPO / MB-MPO (medians): {ppo_median / mb_median:.1f}x")
-    elif not (mb and ppo):
-        print("no ratio: a method never reached the threshold (nothing recorded)")
+        print(f"ratio{suffix} PPO / MB-MPO (medians): {ppo_median / mb_median:.1f}x")
+        if not args.no_record:
+            unit = f"real steps to the {what} return {args.threshold:g}, median of {len(mb)} seeds"
+            record(f"{name}_mbmpo_steps_to_threshold{suffix}", mb_median, unit)
+            record(f"{name}_ppo_steps_to_threshold{suffix}", ppo_median, unit)
+            record(f"{name}_ppo_steps_ratio{suffix}", ppo_median / mb_median, f"PPO steps / MB-MPO steps ({what})")
     print(f"plot: {stem.with_suffix('.png')}")
 
 

@@ -19,10 +19,12 @@ def test_record_replaces_a_figure_of_the_same_name(tmp_path: Path) -> None:
 
 
 def test_steps_to_threshold_is_the_first_evaluation_at_or_above_it() -> None:
-    from sample_efficiency import steps_to
+    from sample_efficiency import steps_for_good, steps_to
 
     curve = [(1000, 10.0), (2000, 195.0), (3000, 150.0), (4000, 199.0)]
     assert steps_to(curve, 190.0) == 2000 and steps_to(curve, 198.0) == 4000 and steps_to(curve, 250.0) is None
+    assert steps_for_good(curve, 190.0) == 4000 and steps_for_good(curve, 140.0) == 2000
+    assert steps_for_good(curve, 5.0) == 1000 and steps_for_good(curve, 250.0) is None
 
 
 def test_a_kept_ppo_curve_is_reused_up_to_the_steps_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
