@@ -136,6 +136,11 @@ def test_bringup_arguments_and_graph() -> None:
     spec = train_graph({"joint_states": "/robot/joint_states"})[0]
     cmd = node_command(spec, Path("p.yaml"))
     assert cmd[1:3] == ["-m", "mbmpo_ros.sim_node"] and "joint_states:=/robot/joint_states" in cmd
+    policy = deploy_graph({"adapt_through": "models", "adapt_rounds": "3", "adapt_judge": "true"})[-1]
+    assert {k: policy.parameters[k] for k in ("adapt_through", "adapt_rounds", "adapt_judge")} == \
+        {"adapt_through": "models", "adapt_rounds": 3, "adapt_judge": True}
+    with pytest.raises(ValueError, match="adapt_judge:=yes is not true or false"):
+        deploy_graph({"adapt_judge": "yes"})
 
 
 class _Recorder:
