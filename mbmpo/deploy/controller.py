@@ -263,14 +263,13 @@ class Controller:
     def _adaptation_done(self, result: JobResult) -> None:
         self.adapting = False
         online, err = self.online, result.error
-        stale = result.context is not online or online is None  # a bundle that arrived meanwhile
         if isinstance(err, (AdaptationRefused, ValueError)):
             self.counts["adaptations_refused"] += 1
             self.log("warning", f"adaptation refused: {err}")
         elif err is not None:
             self.counts["adaptations_failed"] += 1
             self.log("error", f"adaptation failed: {type(err).__name__}: {err}; keeping the policy in use")
-        if stale or online is None:
+        if online is None or result.context is not online:  # a bundle that arrived meanwhile: stale
             return
         if err is not None:
             online.adapted(None)
