@@ -45,7 +45,10 @@ Curve = list[tuple[int, float]]  # (real steps, mean evaluation return)
 
 
 def mbmpo_curve(run: Path) -> Curve:
-    """(real_steps, return_pre) per iteration from a run's progress.csv."""
+    """(real_steps, return_pre) per iteration from a run's progress.csv, or from the curve `seeds.py --record`
+    kept of it (a .json file under benchmarks/plots/curves/)."""
+    if run.suffix == ".json":
+        return [(int(row[0]), float(row[1])) for row in json.loads(run.read_text())["curve"]]
     return [(r.real_steps, r.return_pre) for r in read_progress(run)]
 
 
@@ -174,7 +177,8 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--mbmpo-steps", type=int, default=10_000)
     p.add_argument("--mbmpo-config", type=Path)
-    p.add_argument("--mbmpo-run", type=Path, nargs="*", default=[], help="existing run folders instead of training")
+    p.add_argument("--mbmpo-run", type=Path, nargs="*", default=[],
+                   help="existing run folders (or their curves kept by seeds.py --record) instead of training")
     p.add_argument("--ppo-steps", type=int, default=300_000)
     p.add_argument("--eval-every", type=int, default=4096, help="PPO evaluation interval in steps")
     p.add_argument("--stop-at-threshold", action="store_true", help="stop each run once it reaches the threshold")

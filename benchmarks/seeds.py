@@ -12,14 +12,19 @@ pre) and the median KL(pre || post). With `--record` (and N runs) records `<task
 `_minN`, `_maxN` (N >= 2), `<task>_collect_return_at_100k_meanN`, `<task>_imagined_adaptation_gain`,
 `<task>_kl_pre_post_median` and `<task>_wall_s_to_100k` (median) in results.json, and per run (its config's
 seed S) `<task>_return_at_100k_seedS` and `<task>_collect_return_at_100k_seedS`: run folders do not outlive a
-session, so seeds trained in different sessions are combined from these.
+session, so seeds trained in different sessions are combined from these. `--record` also keeps each run's
+curve (real steps, meta-policy and collect returns per iteration, a few KB) in
+`benchmarks/plots/curves/<task>[_<label>]_s<seed>.json`, which `sample_efficiency.py --mbmpo-run` reads in
+place of the run folder.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
+import time
 from pathlib import Path
 
 from mbmpo.train.init import saved_run
@@ -75,6 +80,18 @@ def plot(task: str, runs: dict[str, list[ProgressRow]], out: Path) -> None:
     plt.close(fig)
 
 
+def keep_curve(task: str, label: str, seed: int, run: Path, rows: list[ProgressRow]) -> Path:
+    """A run's learning curve beside the plots, for comparisons made after its folder is gone."""
+    path = PLOTS / "curves" / f"{task}{'_' + label if label else ''}_s{seed}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    curve = [[r.real_steps, r.return_pre, r.return_collect] for r in rows]
+    path.write_text(json.dumps({"task": task, "run": run.name, "seed": seed, "label": label,
+                                "date": time.strftime("%Y-%m-%d"), "columns": ["real_steps", "return_pre",
+                                                                                "return_collect"],
+                                "curve": curve}))
+    return path
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--task", required=True)
@@ -120,6 +137,7 @@ def main(argv: list[str] | None = None) -> None:
         unit = f"mean return, 200-step episodes, at {args.steps:,} real steps, {n} seeds"
         for run in runs:
             s, seed = per_run[run.name], saved_run(run)[0]["seed"]
+            keep_curve(args.task, args.label, seed, run, rows[run.name])
             one = f"return, 200-step episodes, at {s['real_steps']:,} real steps, seed {seed} ({run.name})"
             record(f"{name}_return_at_100k_seed{seed}", s["return_pre"], f"{one}, deterministic meta-policy", command)
             record(f"{name}_collect_return_at_100k_seed{seed}", s["return_collect"],

@@ -138,3 +138,7 @@ def test_seeds_records_each_seed_and_aggregates_only_over_several(tmp_path: Path
     assert said["invpendulum_return_at_100k_mean2"] == pytest.approx(
         (said["invpendulum_return_at_100k_seed3"] + said["invpendulum_return_at_100k_seed5"]) / 2)
     assert said["invpendulum_return_at_100k_min2"] <= said["invpendulum_return_at_100k_max2"]
+    from sample_efficiency import mbmpo_curve
+
+    kept = tmp_path / "plots" / "curves" / "InvertedPendulum-v5_s5.json"  # a run's curve outlives its folder
+    assert mbmpo_curve(kept) == mbmpo_curve(runs[1]) and len(mbmpo_curve(kept)) >= 1
