@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--adapt-rounds", type=int, default=1,
                         help="online rounds: each further one collects --adapt-episodes more with the policy adapted "
                              "so far and adapts it again (through the models: corrected to all fresh episodes)")
-    parser.add_argument("--judge", "--adapt-judge", action="store_true",
+    parser.add_argument("--adapt-judge", action="store_true",
                         help="each adapted policy runs --adapt-episodes of its own and is kept only if they score at "
                              "least what the episodes of the policy it came from scored (one collection more)")
     parser.add_argument("--through", choices=["episodes", "models"], default="episodes",
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             for seed in range(args.seeds):
                 r = evaluate_bundle(bundle, task, args.episodes, True, perturb, args.adapt_episodes, seed=1000 * seed,
                                     adapt_kl=args.adapt_kl, adapt_steps=args.adapt_steps, through=args.through,
-                                    adapt_rounds=args.adapt_rounds, judge=args.judge)
+                                    adapt_rounds=args.adapt_rounds, judge=args.adapt_judge)
                 pre.append(r["return_pre_mean"])
                 post.append(r["return_adapted_mean"])
                 kls.append(r.get("adapt_kl", float("nan")))
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.record:
         how = f"adapted through the {args.through}, up to {args.adapt_steps} step(s) from {args.adapt_episodes} episodes"
         how += f" x {args.adapt_rounds} rounds" if args.adapt_rounds > 1 else ""
-        how += ", each kept only if its own episodes score no lower" if args.judge else ""
+        how += ", each kept only if its own episodes score no lower" if args.adapt_judge else ""
         record_figures(args.task, recovery, nominal_change, len(args.policy), args.seeds, how)
     return rows
 

@@ -451,12 +451,13 @@ class Controller:
         if self.episode_act:
             self.pieces.append((np.stack(self.episode_obs), np.stack(self.episode_act)))
         if self.online is not None and self.pieces:
+            reverted = self.online.reverted
             request, verdict = self.online.episode_ended(self.policy, self.pieces, self.episode_return)
-            if verdict:
-                self.log("info" if self.online.current is self.policy else "warning", verdict)
-            if self.online.current is not self.policy and self.pending is None:  # the judge sent the parent back
+            if self.online.reverted > reverted:  # the judge sent the parent back
                 self.counts["adaptations_reverted"] += 1
                 self.pending = self.online.current
+            if verdict:
+                self.log("warning" if self.online.reverted > reverted else "info", verdict)
             if request is not None:
                 self._adapt(request, self.online)
         if self.pending is not None:
