@@ -271,10 +271,12 @@ def test_trainer_sigkill_mid_iteration_resumes_without_losing_or_repeating_data(
         trainer = start_node("trainer_node", domain, params, log=tmp_path / "trainer2.log")
         assert probe.spin_until(lambda: trainer_status, 60), (tmp_path / "trainer2.log").read_text()[-2000:]
         resumed = trainer_status[-1]
-        # it resumed from the saved data and the checkpoint of iteration 1; with complete episodes left over it
-        # may already have trained iteration 1 again before its first status (the progress rows below tell)
-        assert f"{saved_steps} steps already used" in (tmp_path / "trainer2.log").read_text()
-        assert resumed["iteration"] in (1, 2) and saved_steps <= resumed["real_steps"] <= in_bag, resumed
+        # it resumed from the saved data and the checkpoint of iteration 1 (not from scratch: the log says how
+        # many steps it found); on a quiet machine it may have trained again before its first status reached
+        # the probe (seen once at iteration 3): the progress rows below tell that no iteration repeated
+        log2 = (tmp_path / "trainer2.log").read_text()
+        assert f"{saved_steps} steps already used" in log2, log2[-2000:]
+        assert resumed["iteration"] >= 1 and saved_steps <= resumed["real_steps"] <= in_bag, (resumed, log2[-2000:])
         in_bag += _write_episodes(writer, 200, 4)  # the next iteration trains on new data only
         notice.publish(String(data="not json"))  # a malformed notice: logged, ignored
         notice.publish(String(data=json.dumps({"segment": "../../etc/passwd"})))  # only listed files are read
