@@ -54,6 +54,8 @@ def _parser() -> argparse.ArgumentParser:
                     help="--adapt online in rounds: each adapts the policy in use after its own --adapt-episodes")
     ev.add_argument("--adapt-judge", action="store_true",
                     help="--adapt: revert an adapted policy whose own episodes score below its parent's")
+    ev.add_argument("--adapt-kl", type=float, default=None,
+                    help="--adapt: scale each step to this KL(pre || post) (default: the bundle's step)")
     ev.add_argument("--perturb", nargs="*", metavar="KEY=SCALE", help="scale mass, inertia, friction, gear, damping")
     ev.add_argument("--episodes", type=int, default=10)
     ev.add_argument("--seed", type=int, default=12345)
@@ -160,7 +162,7 @@ def _eval(args: argparse.Namespace) -> int:
         from mbmpo.train.evaluate_bundle import evaluate_bundle
 
         result = evaluate_bundle(args.policy, get_task(args.task), args.episodes, args.adapt, perturb,
-                                 args.adapt_episodes, args.seed, adapt_steps=args.adapt_steps,
+                                 args.adapt_episodes, args.seed, adapt_kl=args.adapt_kl, adapt_steps=args.adapt_steps,
                                  through=args.adapt_through, adapt_rounds=args.adapt_rounds, judge=args.adapt_judge)
     else:
         from mbmpo.train.evaluate import evaluate_run

@@ -138,6 +138,20 @@ def test_several_adaptation_steps_each_under_the_bound(pendulum_bundle: Path) ->
         ControllerSettings(adapt_steps=0)
 
 
+def test_deploy_step_scaled_to_the_kl_asked_for(pendulum_bundle: Path) -> None:
+    """adapt_kl: the step is scaled to that KL(pre || post) on the step's own states instead of the bundle's
+    (a bundle meta-trained with a fixed step size may move the policy too little to matter on the robot)."""
+    for target in (0.01, 0.1):
+        c = make_controller(pendulum_bundle, mode="deploy", horizon=5, adapt_episodes=2, adapt_max_kl=1e9,
+                            adapt_kl=target)
+        Robot(c).run(12)
+        _wait_for_worker(c)
+        assert c.counts["adaptations"] == 1 and c.pending is not None
+        assert c.pending.kl_from_parent == pytest.approx(target, rel=0.05)
+    with pytest.raises(ValueError, match="adapt_kl must be >= 0"):
+        ControllerSettings(adapt_kl=-0.1)
+
+
 def test_deploy_adapts_through_the_models_or_refuses_and_keeps_acting(pendulum_bundle: Path) -> None:
     """adapt_through models: the bundle's ensemble corrected to the fresh episodes, steps on imagined rollouts;
     an adapted policy (with what the correction measured) or a refusal, never a fault."""

@@ -65,6 +65,7 @@ class ControllerSettings:
     adapt_episodes: int = 2  # deploy: episodes of fresh data per adaptation
     adapt_steps: int = 1  # deploy: gradient steps on those episodes, each from the last and under the KL bound
     adapt_max_kl: float = 0.0  # deploy: KL bound of an adaptation; 0 takes the bundle's
+    adapt_kl: float = 0.0  # deploy: each step scaled to this KL(pre || post); 0 takes the bundle's step (training's)
     adapt_through: str = "episodes"  # deploy: step on the fresh episodes, or through the bundle's models corrected to them
     adapt_rounds: int = 1  # deploy: adaptations in all, each of the policy in use after its adapt_episodes episodes
     adapt_judge: bool = False  # deploy: an adapted policy whose episodes score below its parent's is reverted
@@ -97,8 +98,8 @@ class ControllerSettings:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.adapt_through not in ADAPT_THROUGH:
             raise ValueError(f"adapt_through '{self.adapt_through}' is not one of {', '.join(ADAPT_THROUGH)}")
-        if self.horizon < 0 or self.control_period < 0 or self.adapt_max_kl < 0:
-            raise ValueError("horizon, control_period and adapt_max_kl must be >= 0")
+        if self.horizon < 0 or self.control_period < 0 or self.adapt_max_kl < 0 or self.adapt_kl < 0:
+            raise ValueError("horizon, control_period, adapt_max_kl and adapt_kl must be >= 0")
         if not self.speedup > 0:
             raise ValueError(f"speedup must be > 0, got {self.speedup}")
         if not self.watchdog_periods > 0:
@@ -503,15 +504,16 @@ class Controller:
     def _adapt(self, request: Request, online: OnlineAdaptation) -> None:
         """deploy: ONE adaptation step of the policy in use from fresh episodes (or `adapt_steps`, each from the
         last and under the KL bound: one refused keeps the policy in use), on the worker."""
-        max_kl, steps = self.settings.adapt_max_kl or None, self.settings.adapt_steps
+        max_kl, kl, steps = self.settings.adapt_max_kl or None, self.settings.adapt_kl or None, self.settings.adapt_steps
         rng = np.random.default_rng([self.settings.seed, self.counts["adaptations"] + self.counts["adaptations_refused"]])
         policy, episodes = request.policy, request.episodes
 
         def job() -> tuple[Policy, float]:
             t0 = time.perf_counter()
             if self.settings.adapt_through == "models":
-                return policy.adapt_in_models(episodes, steps=steps, max_kl=max_kl, rng=rng), time.perf_counter() - t0
-            return policy.adapt(episodes, max_kl=max_kl, steps=steps), time.perf_counter() - t0
+                return (policy.adapt_in_models(episodes, steps=steps, max_kl=max_kl, rng=rng, kl=kl),
+                        time.perf_counter() - t0)
+            return policy.adapt(episodes, max_kl=max_kl, kl=kl, steps=steps), time.perf_counter() - t0
 
         self.adapting = True
         self.worker.submit("adapt", job, context=online)

@@ -54,6 +54,7 @@ DEPLOY_ARGUMENTS: dict[str, tuple[str, str]] = {
     "adapt_rounds": ("1", "adaptations in all: each further one adapts the policy in use again after its own "
                           "adapt_episodes episodes (through the models: from every fresh episode so far)"),
     "adapt_judge": ("false", "true: an adapted policy whose own episodes score below its parent's is reverted"),
+    "adapt_kl": ("0.0", "each step scaled to this KL(pre || post); 0 takes the bundle's step (training's)"),
     "sim_mode": ("realtime", "sim timing when sim:=mujoco"),
     "perturb": ("", "sim physics scales when sim:=mujoco"),
     "joint_states": ("joint_states", "topic of the robot's sensor_msgs/JointState"),
@@ -201,7 +202,7 @@ def deploy_graph(args: dict[str, str]) -> list[NodeSpec]:
                  {"mode": a["mode"], "bundle": a["policy"], "lockstep": lockstep,
                   "adapt_episodes": int(a["adapt_episodes"]), "adapt_steps": int(a["adapt_steps"]),
                   "adapt_through": a["adapt_through"], "adapt_rounds": int(a["adapt_rounds"]),
-                  "adapt_judge": _flag(a, "adapt_judge"), **_reset(a),
+                  "adapt_judge": _flag(a, "adapt_judge"), "adapt_kl": float(a["adapt_kl"]), **_reset(a),
                   "report": f"{a['reports']}/policy_node.json" if a["reports"] else ""},
                  _robot_io(a)),
     ]
