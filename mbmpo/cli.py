@@ -55,7 +55,8 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--adapt-judge", action="store_true",
                     help="--adapt: revert an adapted policy whose own episodes score below its parent's")
     ev.add_argument("--adapt-kl", type=float, default=None,
-                    help="--adapt: scale each step to this KL(pre || post) (default: the bundle's step)")
+                    help="--adapt: scale the step to this KL(pre || post) (on the episodes: --adapt-steps' total; "
+                         "through the models: each step's; default: the bundle's step)")
     ev.add_argument("--perturb", nargs="*", metavar="KEY=SCALE", help="scale mass, inertia, friction, gear, damping")
     ev.add_argument("--episodes", type=int, default=10)
     ev.add_argument("--seed", type=int, default=12345)

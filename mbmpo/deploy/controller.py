@@ -65,7 +65,8 @@ class ControllerSettings:
     adapt_episodes: int = 2  # deploy: episodes of fresh data per adaptation
     adapt_steps: int = 1  # deploy: gradient steps on those episodes, each from the last and under the KL bound
     adapt_max_kl: float = 0.0  # deploy: KL bound of an adaptation; 0 takes the bundle's
-    adapt_kl: float = 0.0  # deploy: each step scaled to this KL(pre || post); 0 takes the bundle's step (training's)
+    adapt_kl: float = 0.0  # deploy: the step scaled to this KL(pre || post) (on the episodes: adapt_steps' total;
+    # through the models: each step's); 0 takes the bundle's step (training's)
     adapt_through: str = "episodes"  # deploy: step on the fresh episodes, or through the bundle's models corrected to them
     adapt_rounds: int = 1  # deploy: adaptations in all, each of the policy in use after its adapt_episodes episodes
     adapt_judge: bool = False  # deploy: an adapted policy whose episodes score below its parent's is reverted

@@ -54,7 +54,8 @@ DEPLOY_ARGUMENTS: dict[str, tuple[str, str]] = {
     "adapt_rounds": ("1", "adaptations in all: each further one adapts the policy in use again after its own "
                           "adapt_episodes episodes (through the models: from every fresh episode so far)"),
     "adapt_judge": ("false", "true: an adapted policy whose own episodes score below its parent's is reverted"),
-    "adapt_kl": ("0.0", "each step scaled to this KL(pre || post); 0 takes the bundle's step (training's)"),
+    "adapt_kl": ("0.0", "the step scaled to this KL(pre || post) (on the episodes: adapt_steps' total; through the "
+                           "models: each step's); 0 takes the bundle's step (training's)"),
     "sim_mode": ("realtime", "sim timing when sim:=mujoco"),
     "perturb": ("", "sim physics scales when sim:=mujoco"),
     "joint_states": ("joint_states", "topic of the robot's sensor_msgs/JointState"),

@@ -62,8 +62,8 @@ class PolicyNode(Node):
             adapt_steps=declare(self, "adapt_steps", 1, "deploy: gradient steps on those episodes, each under the KL "
                                 "bound (the meta-learned method takes 1)"),
             adapt_max_kl=declare(self, "adapt_max_kl", 0.0, "deploy: KL bound; 0 takes the bundle's"),
-            adapt_kl=declare(self, "adapt_kl", 0.0, "deploy: each step scaled to this KL(pre || post); 0 takes the "
-                             "bundle's step (training's)"),
+            adapt_kl=declare(self, "adapt_kl", 0.0, "deploy: the step scaled to this KL(pre || post) (on the episodes: "
+                             "adapt_steps' total; through the models: each step's); 0 takes the bundle's step"),
             adapt_through=declare(self, "adapt_through", "episodes", "deploy: episodes (step on the fresh episodes) | "
                                   "models (step on imagined rollouts of the bundle's models corrected to them)"),
             adapt_rounds=declare(self, "adapt_rounds", 1, "deploy: adaptations in all, each of the policy in use "
