@@ -226,7 +226,7 @@ def main() -> None:
                 ppo_at_least = [s if s is not None else c[-1][0] for s, c in zip(steps["PPO (SB3 defaults)"],
                                                                                curves["PPO (SB3 defaults)"])]
                 bound = statistics.median(ppo_at_least) / statistics.median(steps["MB-MPO"])
-                print(f"ratio{suffix} PPO / MB-MPO (medians) at least {bound:.1f}x: PPO runs that never got there "
+                print(f"ratio PPO / MB-MPO (medians) at least {bound:.1f}x: PPO runs that never got there "
                       f"counted at their last step {ppo_at_least}")
                 if not args.no_record:
                     record(f"{name}_ppo_steps_ratio_at_least", bound,
