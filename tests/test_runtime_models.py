@@ -94,6 +94,60 @@ def test_imagined_rollouts_by_hand() -> None:
         assert act.shape == (3, 1) and (act == 5.0).all()
 
 
+def test_imagined_rollouts_bounded_by_hand() -> None:
+    """The same models with bounds [-1, 1.5] on state 0: the second step's next state (2) is clamped to 1.5 and
+    ends the episode, its reward that of the clamped state."""
+    d, a = 2, 1
+    w = [np.zeros((1, d + a, 4), np.float32), np.zeros((1, 4, d), np.float32)]
+    b = [np.zeros((1, 1, 4), np.float32), np.zeros((1, 1, d), np.float32)]
+    norms = {"in_mean": np.zeros(d + a, np.float32), "in_std": np.ones(d + a, np.float32),
+             "out_mean": np.ones(d, np.float32), "out_std": np.ones(d, np.float32)}
+    bounds = (np.array([-1.0, -9.0], np.float32), np.array([1.5, 9.0], np.float32))
+    (obs, act, rew), = imagine(lambda o: np.zeros((o.shape[0], a), np.float32), Models(w, b, norms, "relu"),
+                               np.zeros((1, d), np.float32), 1, 10, 1000.0, lambda o, u, n: n[..., 0], None,
+                               np.array([-1.0]), np.array([1.0]), np.random.default_rng(0), bounds)
+    np.testing.assert_array_equal(rew, [1.0, 1.5])
+    np.testing.assert_array_equal(obs[:, 0], [0.0, 1.0, 1.5])
+
+
+def test_the_robots_imagination_is_bounded_as_trainings_was(run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """tiny.yaml bounds training's imagination (meta.state_bounds 0.1): the export carries the recorded states'
+    range, and adaptation through the models bounds its imagination by that range widened to take in the fresh
+    states, then by a tenth of it each side (training's rule)."""
+    import mbmpo.runtime.policy as runtime_policy
+    from mbmpo.runtime.models import widened
+
+    with np.load(run / "data.npz") as data:
+        recorded = data["obs"]
+    policy = load(run.parent / "bundle")
+    models = policy.bundle.models
+    assert models is not None and models.recorded is not None
+    assert policy.manifest["models"]["state_bounds"] == pytest.approx(0.1)
+    np.testing.assert_array_equal(models.recorded[0], recorded.min(0))
+    np.testing.assert_array_equal(models.recorded[1], recorded.max(0))
+    seen: list[object] = []
+
+    def spy(*args: object) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        seen.append(args[-1])
+        return imagine(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(runtime_policy, "imagine", spy)
+    rng = np.random.default_rng(0)
+    fresh = rng.standard_normal((21, 17)).astype(np.float32) * 0.1
+    fresh[5, 8] = recorded[:, 8].max() + 7.0  # the shifted robot runs faster than anything recorded
+    try:
+        policy.adapt_in_models([(fresh, rng.uniform(-1, 1, (20, 6)).astype(np.float32))], rng=np.random.default_rng(1))
+    except AdaptationRefused:
+        pass  # refused or not, its imagination was bounded
+    low, high = widened(np.minimum(recorded.min(0), fresh.min(0)), np.maximum(recorded.max(0), fresh.max(0)), 0.1)
+    assert seen, "no imagined rollouts"
+    for bounds in seen:
+        assert isinstance(bounds, tuple)
+        np.testing.assert_allclose(bounds[0], low, rtol=1e-6)
+        np.testing.assert_allclose(bounds[1], high, rtol=1e-6)
+    assert high[8] > recorded[:, 8].max() + 7.0
+
+
 @pytest.mark.fault
 def test_adaptation_through_the_models_adapts_or_refuses_and_needs_models(run: Path, tmp_path: Path) -> None:
     bundle = run.parent / "bundle"

@@ -29,12 +29,14 @@ from mbmpo.config import config_from_dict
 from mbmpo.errors import UserError
 from mbmpo.export.graphs import AdaptGraph, PolicyGraph, param_names
 from mbmpo.meta.inner import STEP_PREFIX
+from mbmpo.models.buffer import TransitionBuffer
 from mbmpo.models.ensemble import DynamicsEnsemble, EnsembleLinear
 from mbmpo.policy.gaussian import Params, n_layers
 from mbmpo.runtime.format import FILES, FORMAT, function_source, sha256
 from mbmpo.tasks.base import TaskSpec
 from mbmpo.tasks.mujoco_names import actuator_joints
 from mbmpo.train.checkpoint import check_task_matches, load_checkpoint
+from mbmpo.train.trainer import DATA
 
 OPSET = 17
 
@@ -72,8 +74,12 @@ def export_run(run_dir: Path, task: TaskSpec, out_dir: Path, adapt_max_kl: float
         models = DynamicsEnsemble(task.obs_dim, task.act_dim,
                                   config_from_dict(ckpt["config"], source=str(run_dir / "checkpoint.pt")).model)
         models.load_state_dict(ckpt["ensemble"])
+    recorded = None
+    if models is not None and float(ckpt["config"]["meta"].get("state_bounds", 0.0)) > 0:
+        recorded = TransitionBuffer.load(run_dir / DATA, task.obs_dim, task.act_dim,
+                                         int(ckpt["config"]["model"]["buffer_size"])).obs
     return export_policy(ckpt["params"], ckpt["adapted"], task, ckpt["config"]["meta"], int(ckpt["iteration"]),
-                         int(ckpt["real_steps"]), out_dir, adapt_max_kl, models)
+                         int(ckpt["real_steps"]), out_dir, adapt_max_kl, models, recorded)
 
 
 def model_arrays(ensemble: DynamicsEnsemble) -> dict[str, np.ndarray]:
@@ -93,9 +99,11 @@ def model_arrays(ensemble: DynamicsEnsemble) -> dict[str, np.ndarray]:
 
 def export_policy(params: Params, adapted: Params, task: TaskSpec, meta_cfg: dict[str, Any], iteration: int,
                   real_steps: int, out_dir: Path, adapt_max_kl: float = 1.0,
-                  models: DynamicsEnsemble | None = None) -> dict[str, Any]:
+                  models: DynamicsEnsemble | None = None, recorded_obs: np.ndarray | None = None) -> dict[str, Any]:
     """Write a bundle for meta-parameters and task-batched exploration parameters, and the dynamics models
-    when given (adaptation through the models on the robot); returns the manifest."""
+    when given (adaptation through the models on the robot); returns the manifest. When training bounded its
+    imagination (`meta.state_bounds` > 0), the models carry the range of the states it recorded, `recorded_obs`
+    B x D, so that the robot's imagination is bounded alike."""
     params = {k: v.detach().float().cpu() for k, v in params.items()}  # exported from the CPU, whatever trained
     adapted = {k: v.detach().float().cpu() for k, v in adapted.items()}
     layers = n_layers(params)
@@ -165,13 +173,21 @@ def export_policy(params: Params, adapted: Params, task: TaskSpec, meta_cfg: dic
     }
     files = list(FILES)
     if models is not None:
-        np.savez(out_dir / "models.npz", **model_arrays(models))  # type: ignore[arg-type]
+        margin = float(meta_cfg.get("state_bounds", 0.0))
+        arrays = model_arrays(models)
+        if margin > 0:
+            if recorded_obs is None or not len(recorded_obs):
+                raise UserError(f"task '{task.name}': training bounded its imagination (meta.state_bounds {margin}); "
+                                "exporting its models needs the recorded states")
+            arrays.update(state_min=recorded_obs.min(0).astype(np.float32),
+                          state_max=recorded_obs.max(0).astype(np.float32))
+        np.savez(out_dir / "models.npz", **arrays)  # type: ignore[arg-type]
         files.append("models.npz")
         manifest["models"] = {"file": "models.npz", "members": models.members, "activation": models.activation_name,
                               "rollouts_per_task": int(meta_cfg["rollouts_per_task"]),
                               "horizon": int(meta_cfg.get("horizon", 0)) or task.horizon,
                               "start_states": str(meta_cfg.get("start_states", "reset")),
-                              "clip_obs": float(meta_cfg.get("clip_obs", 1000.0))}
+                              "clip_obs": float(meta_cfg.get("clip_obs", 1000.0)), "state_bounds": margin}
     for name in files:
         manifest["files"][name] = sha256(out_dir / name)
     tmp = out_dir / "manifest.json.tmp"

@@ -13,7 +13,7 @@ import numpy as np
 
 from mbmpo.runtime.advantages import advantages, pad_episodes
 from mbmpo.runtime.bundle import Bundle, load_bundle, policy_session
-from mbmpo.runtime.models import imagine
+from mbmpo.runtime.models import imagine, widened
 
 _RNG = np.random.default_rng()
 ADAPT_THROUGH = ("episodes", "models")  # what an online adaptation steps on: `Policy.adapt` / `adapt_in_models`
@@ -223,6 +223,11 @@ class Policy:
                              f"({len(states)}, {self.bundle.act_dim})")
         corrected, err_before, err_after = models.corrected(states, act, np.concatenate([o[1:] for o in obs]), rng)
         starts = np.stack([o[0] for o in obs]) if spec["start_states"] == "reset" else states
+        bounds = None
+        if models.recorded is not None:  # training's bounds, over its recorded states and the robot's fresh ones
+            seen = np.concatenate(obs)
+            bounds = widened(np.minimum(models.recorded[0], seen.min(0)), np.maximum(models.recorded[1], seen.max(0)),
+                             float(spec.get("state_bounds", 0.0)))
         judge, *draws = (int(x) for x in rng.integers(2**31, size=steps + 1))
         low, high = np.asarray(self.manifest["act_low"], np.float32), np.asarray(self.manifest["act_high"], np.float32)
 
@@ -230,7 +235,7 @@ class Policy:
             common = np.random.default_rng(seed)  # a seed's starts and noise are the same for every policy
             return imagine(policy.sampler(common), corrected, starts, int(spec["rollouts_per_task"]),
                            int(spec["horizon"]), float(spec["clip_obs"]), self.bundle.reward_fn,
-                           self.bundle.termination_fn, low, high, common)
+                           self.bundle.termination_fn, low, high, common, bounds)
 
         def value(policy: Policy) -> float:
             """Imagined return on the judging rollouts: never the ones a step was taken on, whose noise the step

@@ -195,7 +195,8 @@ class TrainerNode(Node):
         tmp = self.out / "policy.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         manifest = export_policy(state.params, adapted, self.task, dataclasses.asdict(self.cfg.meta), state.iteration,
-                                 self.trainer.buffer.total_steps, tmp, models=self.trainer.ensemble)  # deployable as is
+                                 self.trainer.buffer.total_steps, tmp, models=self.trainer.ensemble,
+                                 recorded_obs=self.trainer.buffer.obs)  # deployable as is
         final = self.out / "policy"
         old = self.out / "policy.old"
         shutil.rmtree(old, ignore_errors=True)
