@@ -5,12 +5,13 @@ dynamics through the torch-free runtime, before and after ONE online adaptation 
         [--record]
 
 For each perturbation, bundle (one per training seed) and evaluation seed: mean return of the meta-policy,
-then of the policy adapted once from `--adapt-episodes` fresh episodes collected with the meta-policy
-(deterministic evaluation both times). Recovery of a shift = (after - before) / (nominal - before), nominal
-being the same bundle's unshifted return before adaptation; `--record` stores the mean recovery over the
-four shifts and the bundles as `sim_to_real_recovery_<task>`, the relative change on the unshifted robot as
-`sim_to_real_nominal_change_<task>`, and, once both tasks are recorded, their means
-`sim_to_real_recovery_mean` and `sim_to_real_nominal_change`. Plot: benchmarks/plots/<task>_sim_to_real.png.
+then of the policy adapted online from fresh episodes, as the bundle ships it (its manifest's deploy section)
+unless the --adapt-* options say otherwise (deterministic evaluation both times). Recovery of a shift =
+(after - before) / (nominal - before), nominal being the same bundle's unshifted return before adaptation;
+`--record` stores the mean recovery over the four shifts and the bundles as `sim_to_real_recovery_<task>`, the
+relative change on the unshifted robot as `sim_to_real_nominal_change_<task>`, and, once both tasks' latest
+figures were measured with the adaptation their presets ship (config/<task>.yaml's deploy section), their
+means `sim_to_real_recovery_mean` and `sim_to_real_nominal_change`. Plot: benchmarks/plots/<task>_sim_to_real.png.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mbmpo.config import DeployConfig, default_config_path, load_config
 from mbmpo.tasks import get_task
 from mbmpo.train.evaluate_bundle import evaluate_bundle
 
@@ -36,17 +38,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--task", required=True)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--episodes", type=int, default=5)
-    parser.add_argument("--adapt-episodes", type=int, default=4)
-    parser.add_argument("--adapt-kl", type=float, help="scale the step to this KL (default: the bundle's step)")
-    parser.add_argument("--adapt-steps", type=int, default=1, help="steps on the same fresh episodes (with --through "
+    parser.add_argument("--adapt-episodes", type=int, help="each --adapt-* option left out is the bundle's own "
+                        "(its manifest's deploy section, from the training config's)")
+    parser.add_argument("--adapt-kl", type=float, help="scale each step to this KL")
+    parser.add_argument("--adapt-steps", type=int, help="steps on the same fresh episodes (with --through "
                         "models: at most this many steps in the corrected models)")
-    parser.add_argument("--adapt-rounds", type=int, default=1,
+    parser.add_argument("--adapt-rounds", type=int,
                         help="online rounds: each further one collects --adapt-episodes more with the policy adapted "
                              "so far and adapts it again (through the models: corrected to all fresh episodes)")
-    parser.add_argument("--adapt-judge", action="store_true",
+    parser.add_argument("--adapt-judge", action=argparse.BooleanOptionalAction,
                         help="each adapted policy runs --adapt-episodes of its own and is kept only if they score at "
                              "least what the episodes of the policy it came from scored (one collection more)")
-    parser.add_argument("--through", choices=["episodes", "models"], default="episodes",
+    parser.add_argument("--through", choices=["episodes", "models"],
                         help="adapt on the fresh episodes (the step's data), or through the bundle's dynamics models "
                              "corrected to them")
     parser.add_argument("--shifts", nargs="+", choices=list(PERTURBATIONS), default=list(PERTURBATIONS),
@@ -65,11 +68,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if label != "nominal" and label not in args.shifts:
             continue
         pre, post, kls, refused = [], [], [], 0
+        adaptations = []
         for bundle in args.policy:
             for seed in range(args.seeds):
                 r = evaluate_bundle(bundle, task, args.episodes, True, perturb, args.adapt_episodes, seed=1000 * seed,
                                     adapt_kl=args.adapt_kl, adapt_steps=args.adapt_steps, through=args.through,
                                     adapt_rounds=args.adapt_rounds, judge=args.adapt_judge)
+                adaptations.append(r["adaptation"])
                 pre.append(r["return_pre_mean"])
                 post.append(r["return_adapted_mean"])
                 kls.append(r.get("adapt_kl", float("nan")))
@@ -77,19 +82,30 @@ def main(argv: list[str] | None = None) -> list[dict]:
         change = np.asarray(post) - np.asarray(pre)
         print(f"| {label} | {np.mean(pre):.1f} +- {np.std(pre):.1f} | {np.mean(post):.1f} +- {np.std(post):.1f} | "
               f"{np.mean(change):+.1f} ({int((change > 0).sum())}/{len(change)} seeds up) | {np.nanmean(kls):.2e} | {refused} |")
-        rows.append({"dynamics": label, "perturb": perturb, "pre": pre, "post": post, "kl": kls, "refused": refused})
+        rows.append({"dynamics": label, "perturb": perturb, "pre": pre, "post": post, "kl": kls, "refused": refused,
+                     "adaptation": adaptations})
     recovery, nominal_change = recoveries(rows, len(args.policy))
     print(f"recovery over the shifts (mean): {recovery:.3f}; change on the unshifted robot: {nominal_change:+.4f}")
     if args.out:
         args.out.write_text(json.dumps(rows, indent=2))
     plot(args.task, rows, args.plot or PLOTS / f"{args.task}_sim_to_real.png")
     if args.record:
-        how = f"adapted through the {args.through}, up to {args.adapt_steps} step(s) from {args.adapt_episodes} episodes"
-        how += f" x {args.adapt_rounds} rounds" if args.adapt_rounds > 1 else ""
-        how += f", each step scaled to KL {args.adapt_kl}" if args.adapt_kl else ", the bundle's step"
-        how += ", each kept only if its own episodes score no lower" if args.adapt_judge else ""
-        record_figures(args.task, recovery, nominal_change, len(args.policy), args.seeds, how)
+        used = {json.dumps(a, sort_keys=True) for r in rows for a in r["adaptation"]}
+        if len(used) > 1:
+            raise SystemExit(f"sim_to_real: the bundles ship different adaptations ({sorted(used)}); give the "
+                             "--adapt-* options to record one")
+        record_figures(args.task, recovery, nominal_change, len(args.policy), args.seeds,
+                       DeployConfig(**json.loads(used.pop())))
     return rows
+
+
+def describe(how: DeployConfig) -> str:
+    """One line for a record's unit: what the adaptation was."""
+    text = (f"adapted through the {how.adapt_through}, up to {how.adapt_steps} step(s) from {how.adapt_episodes} "
+            "episodes")
+    text += f" x {how.adapt_rounds} rounds" if how.adapt_rounds > 1 else ""
+    text += f", each step scaled to KL {how.adapt_kl}" if how.adapt_kl else ", the bundle's step"
+    return text + (", each kept only if its own episodes score no lower" if how.adapt_judge else "")
 
 
 MIN_LOSS = 0.05  # a shift that costs a bundle less than this share of its nominal return has nothing to recover
@@ -136,22 +152,32 @@ def plot(task: str, rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def record_figures(task: str, recovery: float, nominal_change: float, bundles: int, seeds: int, how: str) -> None:
+def record_figures(task: str, recovery: float, nominal_change: float, bundles: int, seeds: int,
+                   how: DeployConfig) -> None:
+    """Records the task's figures and, once every task's latest figures were measured with the adaptation
+    its preset ships (config/<task>.yaml's deploy section: what a user deploys by default), their means."""
     from results import RESULTS, record
 
-    what = f"{task}, {bundles} training seeds x {seeds} evaluation seeds, 4 shifts, {how}"
+    preset = PRESET_MARK if how == preset_adaptation(task) else ""
+    what = f"{task}, {bundles} training seeds x {seeds} evaluation seeds, 4 shifts, {describe(how)}{preset}"
     record(f"sim_to_real_recovery_{task}", recovery, f"(after - before) / (nominal - before), mean; {what}")
     record(f"sim_to_real_nominal_change_{task}", nominal_change, f"(after - before) / before unshifted; {what}")
     saved = {r["name"]: r for r in json.loads(RESULTS.read_text())}
-    records = {name: r["value"] for name, r in saved.items()}
-    tasks = ("HalfCheetah-v5", "Hopper-v5")
-    names = [f"sim_to_real_recovery_{t}" for t in tasks]
-    # the means combine the two tasks only when both were measured with the same adaptation
-    if all(n in saved for n in names) and len({saved[n]["unit"].rpartition(", adapted")[2] for n in names}) == 1:
-        record("sim_to_real_recovery_mean", float(np.mean([records[f"sim_to_real_recovery_{t}"] for t in tasks])),
-               f"mean of sim_to_real_recovery_HalfCheetah-v5 and _Hopper-v5; {how}")
-        record("sim_to_real_nominal_change", float(np.mean([records[f"sim_to_real_nominal_change_{t}"] for t in tasks])),
-               f"mean of sim_to_real_nominal_change_HalfCheetah-v5 and _Hopper-v5; {how}")
+    names = [f"sim_to_real_recovery_{t}" for t in TASKS]
+    if all(n in saved and saved[n]["unit"].endswith(PRESET_MARK) for n in names):
+        for metric, name in (("recovery", "sim_to_real_recovery_mean"), ("nominal_change", "sim_to_real_nominal_change")):
+            value = float(np.mean([saved[f"sim_to_real_{metric}_{t}"]["value"] for t in TASKS]))
+            record(name, value, f"mean of sim_to_real_{metric}_{' and _'.join(TASKS)}, each adapted as its preset ships")
+
+
+TASKS = ("HalfCheetah-v5", "Hopper-v5")
+PRESET_MARK = " (the preset's adaptation)"
+
+
+def preset_adaptation(task: str) -> DeployConfig:
+    """The adaptation the task's default preset ships (its deploy section; the defaults without a preset)."""
+    path = default_config_path(task)
+    return load_config(path).deploy if path is not None else DeployConfig()
 
 
 if __name__ == "__main__":

@@ -45,18 +45,19 @@ def _parser() -> argparse.ArgumentParser:
     source.add_argument("--run", type=Path, help="run directory (evaluates the checkpoint with torch)")
     source.add_argument("--policy", type=Path, help="exported bundle (evaluates through the ONNX runtime)")
     ev.add_argument("--task", required=True)
-    ev.add_argument("--adapt", action="store_true", help="with --policy: adapt once from fresh episodes")
-    ev.add_argument("--adapt-episodes", type=int, default=4, help="episodes of fresh data for --adapt")
-    ev.add_argument("--adapt-through", choices=["episodes", "models"], default="episodes",
-                    help="--adapt on the fresh episodes, or through the bundle's models corrected to them")
-    ev.add_argument("--adapt-steps", type=int, default=1, help="--adapt: steps (through the models: at most)")
-    ev.add_argument("--adapt-rounds", type=int, default=1,
-                    help="--adapt online in rounds: each adapts the policy in use after its own --adapt-episodes")
-    ev.add_argument("--adapt-judge", action="store_true",
-                    help="--adapt: revert an adapted policy whose own episodes score below its parent's")
+    ev.add_argument("--adapt", action="store_true", help="with --policy: adapt online from fresh episodes, as the "
+                    "bundle ships it (its manifest's deploy section) unless the --adapt-* options below say otherwise")
+    ev.add_argument("--adapt-episodes", type=int, help="episodes of fresh data per adaptation")
+    ev.add_argument("--adapt-through", choices=["episodes", "models"],
+                    help="adapt on the fresh episodes, or through the bundle's models corrected to them")
+    ev.add_argument("--adapt-steps", type=int, help="steps per adaptation (through the models: at most)")
+    ev.add_argument("--adapt-rounds", type=int,
+                    help="adaptations online: each adapts the policy in use after its own --adapt-episodes")
+    ev.add_argument("--adapt-judge", action=argparse.BooleanOptionalAction,
+                    help="revert an adapted policy whose own episodes score below its parent's")
     ev.add_argument("--adapt-kl", type=float, default=None,
-                    help="--adapt: scale the step to this KL(pre || post) (on the episodes: --adapt-steps' total; "
-                         "through the models: each step's; default: the bundle's step)")
+                    help="scale each step to this KL(pre || post) (on the episodes: --adapt-steps' total; "
+                         "through the models: each step's)")
     ev.add_argument("--perturb", nargs="*", metavar="KEY=SCALE", help="scale mass, inertia, friction, gear, damping")
     ev.add_argument("--episodes", type=int, default=10)
     ev.add_argument("--seed", type=int, default=12345)

@@ -133,6 +133,30 @@ class CollectConfig:
                "collect.eval_episodes/horizon/video_every >= 0")
 
 
+ADAPT_THROUGH = ("episodes", "models")  # what an online adaptation steps on: `Policy.adapt` / `adapt_in_models`
+
+
+@dataclass(frozen=True)
+class DeployConfig:
+    """How the deployed meta-policy adapts on the robot unless told otherwise: exported into the bundle's manifest,
+    where the deploy graph, `mbmpo eval` and benchmarks/sim_to_real.py take their adaptation defaults from. A task's
+    preset sets what measured best for it (BENCHMARKS.md); the policy node's parameters override each."""
+
+    adapt_through: str = "episodes"  # episodes: step on the fresh episodes | models: through the bundle's models
+    adapt_episodes: int = 2  # episodes of fresh data per adaptation
+    adapt_steps: int = 1  # steps on them (through the models: at most), each under the KL bound
+    adapt_rounds: int = 1  # adaptations in all, each of the policy in use after its adapt_episodes episodes
+    adapt_kl: float = 0.0  # > 0: each step scaled to this KL(pre || post) (on the episodes: the steps' total)
+    adapt_judge: bool = False  # an adapted policy whose own episodes score below its parent's is reverted
+
+    def __post_init__(self) -> None:
+        _check(self.adapt_through in ADAPT_THROUGH, f"deploy.adapt_through must be one of {', '.join(ADAPT_THROUGH)}, "
+               f"got {self.adapt_through!r}")
+        _check(min(self.adapt_episodes, self.adapt_steps, self.adapt_rounds) >= 1,
+               "deploy.adapt_episodes, adapt_steps and adapt_rounds must be >= 1")
+        _check(self.adapt_kl >= 0.0, "deploy.adapt_kl must be >= 0 (0: training's step)")
+
+
 @dataclass(frozen=True)
 class Config:
     """The whole run configuration: one section per component."""
@@ -141,6 +165,7 @@ class Config:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     meta: MetaConfig = field(default_factory=MetaConfig)
     collect: CollectConfig = field(default_factory=CollectConfig)
+    deploy: DeployConfig = field(default_factory=DeployConfig)
     # torch device of the model fit and the meta-optimisation: cpu | cuda | cuda:N | auto (cuda when there is
     # one); real episodes, evaluation, export and checkpoints stay on the CPU (mbmpo.device)
     device: str = "cpu"
@@ -152,7 +177,8 @@ class Config:
         return dataclasses.asdict(self)
 
 
-_SECTIONS = {"model": ModelConfig, "policy": PolicyConfig, "meta": MetaConfig, "collect": CollectConfig}
+_SECTIONS = {"model": ModelConfig, "policy": PolicyConfig, "meta": MetaConfig, "collect": CollectConfig,
+             "deploy": DeployConfig}
 _SETTINGS = ("device",)  # top-level keys that are settings, not sections
 
 
@@ -214,6 +240,20 @@ def config_from_dict(data: dict[str, Any] | None, source: str = "<dict>") -> Con
     settings = {k: _coerce(data[k], hints[k], f"{source}: {k}") for k in _SETTINGS if k in data}
     try:
         return Config(**sections, **settings)
+    except UserError as err:
+        raise UserError(f"{source}: {err}") from None
+
+
+def shipped_adaptation(manifest: dict[str, Any], source: str = "manifest.json", **overrides: Any) -> DeployConfig:
+    """The adaptation a bundle ships (its manifest's `deploy` section; the defaults for a bundle exported before
+    it had one), each of `overrides` that is not None in its place. Raises `UserError` for a bad section."""
+    shipped = config_from_dict({"deploy": manifest.get("deploy") or {}}, source=f"{source} deploy").deploy
+    given = {k: v for k, v in overrides.items() if v is not None}
+    bad = sorted(set(given) - {f.name for f in fields(DeployConfig)})
+    if bad:
+        raise TypeError(f"shipped_adaptation: unknown setting(s) {bad}")
+    try:
+        return dataclasses.replace(shipped, **given)
     except UserError as err:
         raise UserError(f"{source}: {err}") from None
 

@@ -95,6 +95,31 @@ def test_sim_to_real_recovery_is_the_share_of_the_loss_won_back() -> None:
     assert recoveries(rows, bundles=2)[0] == pytest.approx(recovery)
 
 
+def test_sim_to_real_means_combine_the_tasks_adapted_as_their_presets_ship(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import functools
+
+    import results
+    from mbmpo.config import DeployConfig
+    from sim_to_real import preset_adaptation, record_figures
+
+    store = tmp_path / "results.json"
+    monkeypatch.setattr(results, "RESULTS", store)
+    monkeypatch.setattr(results, "record", functools.partial(results.record, path=store))
+
+    def saved() -> dict[str, float]:
+        return {r["name"]: r["value"] for r in json.loads(store.read_text())}
+
+    cheetah, hopper = preset_adaptation("HalfCheetah-v5"), preset_adaptation("Hopper-v5")
+    assert cheetah != hopper  # each task's preset ships its own
+    record_figures("HalfCheetah-v5", 0.3, -0.01, 3, 5, cheetah)
+    record_figures("Hopper-v5", 0.1, 0.02, 3, 5, DeployConfig())  # not Hopper's preset: no mean
+    assert "sim_to_real_recovery_mean" not in saved()
+    record_figures("Hopper-v5", 0.2, 0.01, 3, 5, hopper)
+    assert saved()["sim_to_real_recovery_mean"] == pytest.approx(0.25)
+    assert saved()["sim_to_real_nominal_change"] == pytest.approx(0.0)
+
+
 def test_model_adapt_corrects_the_ensemble_and_steps_in_imagination(tmp_path: Path) -> None:
     """The screen of online adaptation through the models: every variant is evaluated on every shift, and the
     correction never raises the held-out model error (it keeps the best held-out weights, the start included)."""

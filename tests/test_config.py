@@ -36,6 +36,12 @@ def test_errors_name_the_problem(tmp_path: Path) -> None:
     f.write_text("meta:\n  state_bounds: -0.1\n")
     with pytest.raises(UserError, match="meta.state_bounds must be >= 0"):
         load_config(f)
+    f.write_text("deploy:\n  adapt_through: magic\n")
+    with pytest.raises(UserError, match="deploy.adapt_through must be one of episodes, models, got 'magic'"):
+        load_config(f)
+    f.write_text("deploy:\n  adapt_rounds: 0\n")
+    with pytest.raises(UserError, match="deploy.adapt_episodes, adapt_steps and adapt_rounds must be >= 1"):
+        load_config(f)
     f.write_text("modle: {}\n")
     with pytest.raises(UserError, match="unknown section"):
         load_config(f)

@@ -143,6 +143,32 @@ def test_bringup_arguments_and_graph() -> None:
         deploy_graph({"adapt_judge": "yes"})
 
 
+def test_the_deploy_graph_adapts_as_the_bundle_ships_unless_told(tmp_path: Path) -> None:
+    """adapt_* arguments left out take the bundle's manifest deploy section (the training preset's); those given
+    win; without a readable manifest, the defaults; a bad section is one line naming the manifest."""
+    (tmp_path / "manifest.json").write_text(json.dumps({"deploy": {"adapt_through": "models", "adapt_episodes": 4,
+                                                                    "adapt_rounds": 3, "adapt_judge": True}}))
+    keys = ("adapt_through", "adapt_episodes", "adapt_steps", "adapt_rounds", "adapt_kl", "adapt_judge")
+
+    def adaptation(**args: str) -> dict:
+        return {k: deploy_graph({"policy": str(tmp_path), **args})[-1].parameters[k] for k in keys}
+
+    assert adaptation() == {"adapt_through": "models", "adapt_episodes": 4, "adapt_steps": 1, "adapt_rounds": 3,
+                            "adapt_kl": 0.0, "adapt_judge": True}
+    assert adaptation(adapt_rounds="1", adapt_judge="false", adapt_kl="0.05") == {
+        "adapt_through": "models", "adapt_episodes": 4, "adapt_steps": 1, "adapt_rounds": 1, "adapt_kl": 0.05,
+        "adapt_judge": False}
+    with pytest.raises(ValueError, match="adapt_rounds:=two is not an integer"):
+        adaptation(adapt_rounds="two")
+    assert deploy_graph({"policy": str(tmp_path / "none")})[-1].parameters["adapt_episodes"] == 2  # the defaults
+    (tmp_path / "manifest.json").write_text(json.dumps({"deploy": {"adapt_through": "magic"}}))
+    with pytest.raises(ValueError, match=r"manifest.json deploy: deploy.adapt_through must be one of"):
+        adaptation()
+    (tmp_path / "manifest.json").write_text(json.dumps({"deploy": {"adapt_speed": 3}}))
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['adapt_speed'\] in section 'deploy'"):
+        adaptation()
+
+
 class _Recorder:
     """Stands in for the `launch` API (not on PyPI) to read what a launch file would start."""
 

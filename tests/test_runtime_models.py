@@ -226,6 +226,26 @@ def test_online_rounds_collect_more_episodes_and_adapt_again(run: Path) -> None:
         evaluate_bundle(run.parent / "bundle", task, 1, True, {}, adapt_rounds=0)
 
 
+def test_evaluation_adapts_as_the_bundle_ships_unless_told(run: Path, tmp_path: Path) -> None:
+    """The bundle's deploy section (exported from the config's) sets the adaptation `mbmpo eval` and
+    sim_to_real use; an option given wins."""
+    task = get_task("HalfCheetah-v5")
+    assert load(run.parent / "bundle").manifest["deploy"] == {
+        "adapt_through": "episodes", "adapt_episodes": 2, "adapt_steps": 1, "adapt_rounds": 1, "adapt_kl": 0.0,
+        "adapt_judge": False}  # tiny.yaml has no deploy section: the defaults
+    shipped = tmp_path / "shipped"
+    shutil.copytree(run.parent / "bundle", shipped)
+    manifest = json.loads((shipped / "manifest.json").read_text())
+    manifest["deploy"] = {"adapt_through": "models", "adapt_episodes": 1, "adapt_steps": 2, "adapt_rounds": 3}
+    (shipped / "manifest.json").write_text(json.dumps(manifest))
+    r = evaluate_bundle(shipped, task, 1, True, {"mass": 1.3}, seed=3)
+    assert r["adaptation"] == {**manifest["deploy"], "adapt_kl": 0.0, "adapt_judge": False}, r
+    assert r["adapt_transitions"] == 3 * task.horizon, r
+    r = evaluate_bundle(shipped, task, 1, True, {"mass": 1.3}, seed=3, adapt_rounds=1, through="episodes")
+    assert r["adaptation"]["adapt_rounds"] == 1 and r["adaptation"]["adapt_through"] == "episodes"
+    assert r["adapt_transitions"] == task.horizon, r
+
+
 def test_a_judged_adaptation_that_scores_lower_on_the_robot_is_reverted(run: Path) -> None:
     """The online loop with scripted returns: the first adapted policy's episodes score below the meta-policy's
     (reverted, and the next round starts from fresh episodes of the meta-policy), the second's above (kept)."""

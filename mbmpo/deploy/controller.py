@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from mbmpo.config import ADAPT_THROUGH
 from mbmpo.deploy.contract import ObservationBuilder, ObservationError
 from mbmpo.deploy.online import OnlineAdaptation, Request
 from mbmpo.deploy.rate import RateMonitor
@@ -46,7 +47,6 @@ from mbmpo.deploy.transitions import TransitionRecord
 from mbmpo.deploy.trust import CodeAllowlist, task_code_digest
 from mbmpo.deploy.worker import JobResult, Worker
 from mbmpo.runtime import AdaptationRefused, BundleError, Policy, load
-from mbmpo.runtime.policy import ADAPT_THROUGH
 
 MODES = ("explore", "deploy")
 TRIGGERS = ("auto", "timer", "state")

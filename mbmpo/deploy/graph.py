@@ -6,12 +6,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from mbmpo.config import DEVICE_NAMES, is_device_name
+from mbmpo.config import DEVICE_NAMES, is_device_name, shipped_adaptation
 from mbmpo.deploy.reset import RESET_MODES
+from mbmpo.errors import UserError
 
 # launch argument -> (default, description); shared by the launch files and mbmpo-bringup
 TRAIN_ARGUMENTS: dict[str, tuple[str, str]] = {
@@ -46,16 +50,17 @@ DEPLOY_ARGUMENTS: dict[str, tuple[str, str]] = {
     "task": ("InvertedPendulum-v5", "task (for sim:=mujoco)"),
     "policy": ("runs/ros_train/policy", "exported policy bundle folder"),
     "mode": ("deploy", "deploy: meta-policy + online one-step adaptation; explore: cycle the K adapted policies"),
-    "adapt_episodes": ("2", "episodes of fresh data per online adaptation step"),
-    "adapt_steps": ("1", "gradient steps on those episodes, each under the KL bound (MB-MPO's premise: 1)"),
-    "adapt_through": ("episodes", "episodes: step on the fresh episodes | models: correct the bundle's dynamics "
-                                  "models to them and step on imagined rollouts (up to adapt_steps, each kept only "
-                                  "if the imagined return rises)"),
-    "adapt_rounds": ("1", "adaptations in all: each further one adapts the policy in use again after its own "
-                          "adapt_episodes episodes (through the models: from every fresh episode so far)"),
-    "adapt_judge": ("false", "true: an adapted policy whose own episodes score below its parent's is reverted"),
-    "adapt_kl": ("0.0", "the step scaled to this KL(pre || post) (on the episodes: adapt_steps' total; through the "
-                           "models: each step's); 0 takes the bundle's step (training's)"),
+    "adapt_episodes": ("", "episodes of fresh data per online adaptation ('' = as the bundle ships it, its "
+                           "manifest's deploy section: so for every adapt_* argument)"),
+    "adapt_steps": ("", "gradient steps on those episodes, each under the KL bound (MB-MPO's premise: 1)"),
+    "adapt_through": ("", "episodes: step on the fresh episodes | models: correct the bundle's dynamics "
+                          "models to them and step on imagined rollouts (up to adapt_steps, each kept only "
+                          "if the imagined return rises)"),
+    "adapt_rounds": ("", "adaptations in all: each further one adapts the policy in use again after its own "
+                         "adapt_episodes episodes (through the models: from every fresh episode so far)"),
+    "adapt_judge": ("", "true: an adapted policy whose own episodes score below its parent's is reverted"),
+    "adapt_kl": ("", "the step scaled to this KL(pre || post) (on the episodes: adapt_steps' total; through the "
+                     "models: each step's); 0 takes training's step"),
     "sim_mode": ("realtime", "sim timing when sim:=mujoco"),
     "perturb": ("", "sim physics scales when sim:=mujoco"),
     "joint_states": ("joint_states", "topic of the robot's sensor_msgs/JointState"),
@@ -200,13 +205,34 @@ def deploy_graph(args: dict[str, str]) -> list[NodeSpec]:
     lockstep = a["sim"] == "mujoco" and a["sim_mode"] == "lockstep"
     return _sim(a) + [
         NodeSpec("policy_node", "policy_node",
-                 {"mode": a["mode"], "bundle": a["policy"], "lockstep": lockstep,
-                  "adapt_episodes": int(a["adapt_episodes"]), "adapt_steps": int(a["adapt_steps"]),
-                  "adapt_through": a["adapt_through"], "adapt_rounds": int(a["adapt_rounds"]),
-                  "adapt_judge": _flag(a, "adapt_judge"), "adapt_kl": float(a["adapt_kl"]), **_reset(a),
+                 {"mode": a["mode"], "bundle": a["policy"], "lockstep": lockstep, **_adaptation(a), **_reset(a),
                   "report": f"{a['reports']}/policy_node.json" if a["reports"] else ""},
                  _robot_io(a)),
     ]
+
+
+def _adaptation(a: dict[str, str]) -> dict[str, Any]:
+    """The policy node's adapt_* parameters: each argument given, else what the bundle ships (its manifest's
+    deploy section; the defaults when the manifest cannot be read: the policy node then says why)."""
+    try:
+        manifest = json.loads((Path(a["policy"]) / "manifest.json").read_text())
+    except (OSError, ValueError):
+        manifest = {}
+    given: dict[str, Any] = {}
+    for name, kind in (("adapt_episodes", int), ("adapt_steps", int), ("adapt_rounds", int), ("adapt_kl", float),
+                       ("adapt_through", str)):
+        if a[name].strip():
+            try:
+                given[name] = kind(a[name].strip())
+            except ValueError:
+                raise ValueError(f"{name}:={a[name]} is not {'an integer' if kind is int else 'a number'}") from None
+    if a["adapt_judge"].strip():
+        given["adapt_judge"] = _flag(a, "adapt_judge")
+    source = str(Path(a["policy"]) / "manifest.json") if manifest else "defaults"
+    try:
+        return dataclasses.asdict(shipped_adaptation(manifest if isinstance(manifest, dict) else {}, source, **given))
+    except UserError as err:
+        raise ValueError(str(err)) from None
 
 
 GRAPHS = {"train": (train_graph, TRAIN_ARGUMENTS), "deploy": (deploy_graph, DEPLOY_ARGUMENTS)}

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import time
@@ -79,7 +80,8 @@ def export_run(run_dir: Path, task: TaskSpec, out_dir: Path, adapt_max_kl: float
         recorded = TransitionBuffer.load(run_dir / DATA, task.obs_dim, task.act_dim,
                                          int(ckpt["config"]["model"]["buffer_size"])).obs
     return export_policy(ckpt["params"], ckpt["adapted"], task, ckpt["config"]["meta"], int(ckpt["iteration"]),
-                         int(ckpt["real_steps"]), out_dir, adapt_max_kl, models, recorded)
+                         int(ckpt["real_steps"]), out_dir, adapt_max_kl, models, recorded,
+                         ckpt["config"].get("deploy"))
 
 
 def model_arrays(ensemble: DynamicsEnsemble) -> dict[str, np.ndarray]:
@@ -99,11 +101,13 @@ def model_arrays(ensemble: DynamicsEnsemble) -> dict[str, np.ndarray]:
 
 def export_policy(params: Params, adapted: Params, task: TaskSpec, meta_cfg: dict[str, Any], iteration: int,
                   real_steps: int, out_dir: Path, adapt_max_kl: float = 1.0,
-                  models: DynamicsEnsemble | None = None, recorded_obs: np.ndarray | None = None) -> dict[str, Any]:
+                  models: DynamicsEnsemble | None = None, recorded_obs: np.ndarray | None = None,
+                  deploy_cfg: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write a bundle for meta-parameters and task-batched exploration parameters, and the dynamics models
     when given (adaptation through the models on the robot); returns the manifest. When training bounded its
     imagination (`meta.state_bounds` > 0), the models carry the range of the states it recorded, `recorded_obs`
-    B x D, so that the robot's imagination is bounded alike."""
+    B x D, so that the robot's imagination is bounded alike. `deploy_cfg` (the config's `deploy` section; its
+    defaults when None) is the adaptation the bundle ships."""
     params = {k: v.detach().float().cpu() for k, v in params.items()}  # exported from the CPU, whatever trained
     adapted = {k: v.detach().float().cpu() for k, v in adapted.items()}
     layers = n_layers(params)
@@ -169,6 +173,7 @@ def export_policy(params: Params, adapted: Params, task: TaskSpec, meta_cfg: dic
         "adapt_max_kl": adapt_max_kl,
         "reward": {"file": "reward.py", "function": reward_fn},
         "termination": None if termination is None else {"file": "reward.py", "function": termination},
+        "deploy": dataclasses.asdict(config_from_dict({"deploy": deploy_cfg or {}}, source="export").deploy),
         "files": {},
     }
     files = list(FILES)

@@ -16,7 +16,6 @@ from mbmpo.runtime.bundle import Bundle, load_bundle, policy_session
 from mbmpo.runtime.models import imagine, widened
 
 _RNG = np.random.default_rng()
-ADAPT_THROUGH = ("episodes", "models")  # what an online adaptation steps on: `Policy.adapt` / `adapt_in_models`
 
 
 class AdaptationRefused(RuntimeError):

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from mbmpo.config import ADAPT_THROUGH, shipped_adaptation
 from mbmpo.deploy.online import OnlineAdaptation, Request
 from mbmpo.errors import UserError
 from mbmpo.runtime import AdaptationRefused, BundleError, Policy, load
-from mbmpo.runtime.policy import ADAPT_THROUGH
 from mbmpo.tasks.base import TaskSpec
 from mbmpo.tasks.perturb import apply_perturbations
 
@@ -41,9 +42,9 @@ def check_contract(policy: Policy, task: TaskSpec) -> None:
 
 
 def evaluate_bundle(pdir: Path, task: TaskSpec, episodes: int, adapt: bool, perturb: dict[str, float],
-                    adapt_episodes: int = 4, seed: int = 12345, adapt_kl: float | None = None,
-                    adapt_steps: int = 1, through: str = "episodes", adapt_rounds: int = 1,
-                    judge: bool = False) -> dict[str, Any]:
+                    adapt_episodes: int | None = None, seed: int = 12345, adapt_kl: float | None = None,
+                    adapt_steps: int | None = None, through: str | None = None, adapt_rounds: int | None = None,
+                    judge: bool | None = None) -> dict[str, Any]:
     """Returns before (meta-policy, `return_pre_*`) and, with `adapt`, after ONE adaptation step from fresh
     real episodes (`return_adapted_*`; `return_post` names the model-adapted policies of training). The step
     is the bundle's (training's step size) unless `adapt_kl` scales it to that KL; `adapt_steps` > 1 takes
@@ -51,11 +52,13 @@ def evaluate_bundle(pdir: Path, task: TaskSpec, episodes: int, adapt: bool, pert
     `through="models"` adapts through the bundle's dynamics models instead (`Policy.adapt_in_models`: up to
     `adapt_steps` steps on imagined rollouts of the models corrected to the fresh episodes). `adapt_rounds` > 1
     adapts online in rounds and `judge` keeps an adapted policy only if the robot's returns say so, as the
-    policy node does (mbmpo.deploy.online), on at most (adapt_rounds + judge) x adapt_episodes fresh episodes."""
-    for flag, value in (("--adapt-steps", adapt_steps), ("--adapt-rounds", adapt_rounds)):
-        if value < 1:
+    policy node does (mbmpo.deploy.online), on at most (adapt_rounds + judge) x adapt_episodes fresh episodes.
+    Each adaptation setting left None is the one the bundle ships (`result["adaptation"]`: what was used)."""
+    for flag, value in (("--adapt-episodes", adapt_episodes), ("--adapt-steps", adapt_steps),
+                        ("--adapt-rounds", adapt_rounds)):
+        if value is not None and value < 1:
             raise UserError(f"{flag} must be >= 1, got {value}")
-    if through not in ADAPT_THROUGH:
+    if through is not None and through not in ADAPT_THROUGH:
         raise UserError(f"adapt through '{through}': expected one of {', '.join(ADAPT_THROUGH)}")
     if episodes < 1:
         raise UserError("--episodes must be >= 1")
@@ -66,6 +69,9 @@ def evaluate_bundle(pdir: Path, task: TaskSpec, episodes: int, adapt: bool, pert
     except BundleError as err:
         raise UserError(str(err)) from None
     check_contract(policy, task)
+    how = shipped_adaptation(policy.manifest, str(Path(pdir) / "manifest.json"), adapt_episodes=adapt_episodes,
+                             adapt_steps=adapt_steps, adapt_through=through, adapt_rounds=adapt_rounds,
+                             adapt_kl=adapt_kl, adapt_judge=judge)
     env = task.make_env(task.horizon)
     apply_perturbations(env, perturb)
     rng = np.random.default_rng(seed)
@@ -74,18 +80,22 @@ def evaluate_bundle(pdir: Path, task: TaskSpec, episodes: int, adapt: bool, pert
                               "policy_version": policy.manifest["policy_version"],
                               "return_pre_mean": float(np.mean(pre)), "return_pre_std": float(np.std(pre))}
     if adapt:
+        kl = how.adapt_kl or None  # 0: training's step
+
         def adapt_once(request: Request, k: int) -> Policy:
             pieces = request.episodes
-            if through == "episodes":
-                return request.policy.adapt(pieces, kl=adapt_kl, steps=adapt_steps)
-            return request.policy.adapt_in_models(pieces, steps=adapt_steps, rng=np.random.default_rng(seed + 7 + k),
-                                                  kl=adapt_kl)
+            if how.adapt_through == "episodes":
+                return request.policy.adapt(pieces, kl=kl, steps=how.adapt_steps)
+            return request.policy.adapt_in_models(pieces, steps=how.adapt_steps,
+                                                  rng=np.random.default_rng(seed + 7 + k), kl=kl)
 
         def collect(current: Policy, n: int) -> Episode:
             return runtime_episode(current, env, seed + 1000 + n, task.horizon, False, rng)
 
-        online = OnlineAdaptation(policy, adapt_episodes, adapt_rounds, judge, through)
-        result.update(adapt_online(online, collect, adapt_once, (adapt_rounds + judge) * adapt_episodes))
+        online = OnlineAdaptation(policy, how.adapt_episodes, how.adapt_rounds, how.adapt_judge, how.adapt_through)
+        result["adaptation"] = dataclasses.asdict(how)
+        budget = (how.adapt_rounds + how.adapt_judge) * how.adapt_episodes
+        result.update(adapt_online(online, collect, adapt_once, budget))
         post = [runtime_episode(online.current, env, seed + i, task.horizon, True, rng)[2] for i in range(episodes)]
         result.update({"return_adapted_mean": float(np.mean(post)), "return_adapted_std": float(np.std(post))})
     env.close()

@@ -196,7 +196,8 @@ class TrainerNode(Node):
         shutil.rmtree(tmp, ignore_errors=True)
         manifest = export_policy(state.params, adapted, self.task, dataclasses.asdict(self.cfg.meta), state.iteration,
                                  self.trainer.buffer.total_steps, tmp, models=self.trainer.ensemble,
-                                 recorded_obs=self.trainer.buffer.obs)  # deployable as is
+                                 recorded_obs=self.trainer.buffer.obs,
+                                 deploy_cfg=dataclasses.asdict(self.cfg.deploy))  # deployable as is
         final = self.out / "policy"
         old = self.out / "policy.old"
         shutil.rmtree(old, ignore_errors=True)
