@@ -18,33 +18,25 @@ def test_every_registered_task_has_a_preset_that_loads(name: str) -> None:
     assert name == "InvertedPendulum-v5" or isinstance(load_config(paper), Config)
 
 
+BAD_CONFIGS = [  # (YAML, the error it must give)
+    ("model:\n  hidden: [64, 64\n", r"malformed YAML in .*c.yaml line"),
+    ("model:\n  hiden: [64]\n", r"unknown key\(s\) \['hiden'\] in section 'model'"),
+    ("meta:\n  inner_lr: fast\n", "meta.inner_lr must be a number"),
+    ("meta:\n  outer: sgd\n", "meta.outer must be 'trpo' or 'ppo'"),
+    ("meta:\n  state_bounds: -0.1\n", "meta.state_bounds must be >= 0"),
+    ("deploy:\n  adapt_through: magic\n", "deploy.adapt_through must be one of episodes, models, got 'magic'"),
+    ("deploy:\n  adapt_rounds: 0\n", "deploy.adapt_episodes, adapt_steps and adapt_rounds must be >= 1"),
+    ("modle: {}\n", "unknown section"),
+]
+
+
 @pytest.mark.badinput
 def test_errors_name_the_problem(tmp_path: Path) -> None:
     f = tmp_path / "c.yaml"
-    f.write_text("model:\n  hidden: [64, 64\n")
-    with pytest.raises(UserError, match=r"malformed YAML in .*c.yaml line"):
-        load_config(f)
-    f.write_text("model:\n  hiden: [64]\n")
-    with pytest.raises(UserError, match=r"unknown key\(s\) \['hiden'\] in section 'model'"):
-        load_config(f)
-    f.write_text("meta:\n  inner_lr: fast\n")
-    with pytest.raises(UserError, match="meta.inner_lr must be a number"):
-        load_config(f)
-    f.write_text("meta:\n  outer: sgd\n")
-    with pytest.raises(UserError, match="meta.outer must be 'trpo' or 'ppo'"):
-        load_config(f)
-    f.write_text("meta:\n  state_bounds: -0.1\n")
-    with pytest.raises(UserError, match="meta.state_bounds must be >= 0"):
-        load_config(f)
-    f.write_text("deploy:\n  adapt_through: magic\n")
-    with pytest.raises(UserError, match="deploy.adapt_through must be one of episodes, models, got 'magic'"):
-        load_config(f)
-    f.write_text("deploy:\n  adapt_rounds: 0\n")
-    with pytest.raises(UserError, match="deploy.adapt_episodes, adapt_steps and adapt_rounds must be >= 1"):
-        load_config(f)
-    f.write_text("modle: {}\n")
-    with pytest.raises(UserError, match="unknown section"):
-        load_config(f)
+    for text, message in BAD_CONFIGS:
+        f.write_text(text)
+        with pytest.raises(UserError, match=message):
+            load_config(f)
     with pytest.raises(UserError, match="cannot read config"):
         load_config(tmp_path / "nope.yaml")
 
