@@ -143,6 +143,16 @@ def test_bringup_arguments_and_graph() -> None:
         deploy_graph({"adapt_judge": "yes"})
 
 
+def test_bringup_shows_every_argument_with_its_default(capsys: pytest.CaptureFixture) -> None:
+    from mbmpo.deploy.bringup import main
+
+    for graph, table in (("train", TRAIN_ARGUMENTS), ("deploy", DEPLOY_ARGUMENTS)):
+        assert main([graph, "--show-args"]) == 0
+        out = capsys.readouterr().out
+        for name, (default, _) in table.items():
+            assert f"    '{name}':\n" in out and f"(default: '{default}')" in out, name
+
+
 def test_the_deploy_graph_adapts_as_the_bundle_ships_unless_told(tmp_path: Path) -> None:
     """adapt_* arguments left out take the bundle's manifest deploy section (the training preset's); those given
     win; without a readable manifest, the defaults; a bad section is one line naming the manifest."""

@@ -2,6 +2,7 @@
 
     mbmpo-bringup train sim:=mujoco task:=InvertedPendulum-v5 out:=DIR duration:=600
     mbmpo-bringup deploy policy:=DIR/policy sim:=mujoco
+    mbmpo-bringup deploy --show-args     # every argument, its default and what it does (as `ros2 launch -s`)
 
 Each node runs as its own process (`python -m mbmpo_ros.<node> --ros-args --params-file ...`), with the
 launch-argument syntax and defaults of `launch/<graph>.launch.py`. Stops cleanly (SIGINT, then SIGKILL
@@ -24,7 +25,15 @@ import yaml
 from mbmpo.deploy.graph import GRAPHS, NodeSpec
 from mbmpo.deploy.recording import recording_summary
 
-USAGE = "usage: mbmpo-bringup {train|deploy} [name:=value ...]   (names: see launch/<graph>.launch.py)"
+USAGE = "usage: mbmpo-bringup {train|deploy} [name:=value ...] | {train|deploy} --show-args"
+SHOW = ("--show-args", "-s", "--help", "-h")
+
+
+def show_arguments(graph: str) -> str:
+    """The graph's launch arguments, one block each: name, default, description."""
+    _, table = GRAPHS[graph]
+    return "\n".join(f"    '{name}':\n        {text}\n        (default: '{default}')"
+                     for name, (default, text) in table.items())
 
 
 def parse_arguments(argv: list[str]) -> tuple[str, dict[str, str]]:
@@ -83,8 +92,12 @@ def stop(procs: dict[str, subprocess.Popen], grace: float = 10.0, drain: float =
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) == 2 and argv[0] in GRAPHS and argv[1] in SHOW:
+        print(f"Arguments (pass arguments as '<name>:=<value>'):\n\n{show_arguments(argv[0])}")
+        return 0
     try:
-        graph, args = parse_arguments(sys.argv[1:] if argv is None else argv)
+        graph, args = parse_arguments(argv)
         build, _ = GRAPHS[graph]
         specs = build(args)
         try:
