@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from mbmpo.config import DeployConfig, default_config_path, load_config
+from mbmpo.errors import UserError
 from mbmpo.tasks import get_task
 from mbmpo.train.evaluate_bundle import evaluate_bundle
 
@@ -181,4 +182,7 @@ def preset_adaptation(task: str) -> DeployConfig:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except UserError as err:
+        raise SystemExit(f"sim_to_real: {err}") from None

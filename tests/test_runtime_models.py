@@ -244,6 +244,8 @@ def test_evaluation_adapts_as_the_bundle_ships_unless_told(run: Path, tmp_path: 
     r = evaluate_bundle(shipped, task, 1, True, {"mass": 1.3}, seed=3, adapt_rounds=1, through="episodes")
     assert r["adaptation"]["adapt_rounds"] == 1 and r["adaptation"]["adapt_through"] == "episodes"
     assert r["adapt_transitions"] == task.horizon, r
+    with pytest.raises(UserError, match=r"--adapt-kl must be >= 0 \(0: training's step"):
+        evaluate_bundle(shipped, task, 1, True, {}, adapt_kl=-0.1)
 
 
 def test_a_judged_adaptation_that_scores_lower_on_the_robot_is_reverted(run: Path) -> None:

@@ -62,8 +62,9 @@ def evaluate_bundle(pdir: Path, task: TaskSpec, episodes: int, adapt: bool, pert
         raise UserError(f"adapt through '{through}': expected one of {', '.join(ADAPT_THROUGH)}")
     if episodes < 1:
         raise UserError("--episodes must be >= 1")
-    if adapt_kl is not None and not adapt_kl > 0:
-        raise UserError(f"--adapt-kl must be > 0 (leave it out for the bundle's step), got {adapt_kl}")
+    if adapt_kl is not None and not adapt_kl >= 0:
+        raise UserError(f"--adapt-kl must be >= 0 (0: training's step; left out: as the bundle ships it), "
+                        f"got {adapt_kl}")
     try:
         policy = load(pdir)
     except BundleError as err:
