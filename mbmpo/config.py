@@ -248,10 +248,7 @@ def shipped_adaptation(manifest: dict[str, Any], source: str = "manifest.json", 
     """The adaptation a bundle ships (its manifest's `deploy` section; the defaults for a bundle exported before
     it had one), each of `overrides` that is not None in its place. Raises `UserError` for a bad section."""
     shipped = config_from_dict({"deploy": manifest.get("deploy") or {}}, source=f"{source} deploy").deploy
-    given = {k: v for k, v in overrides.items() if v is not None}
-    bad = sorted(set(given) - {f.name for f in fields(DeployConfig)})
-    if bad:
-        raise TypeError(f"shipped_adaptation: unknown setting(s) {bad}")
+    given = {k: v for k, v in overrides.items() if v is not None}  # an unknown name: dataclasses' TypeError
     try:
         return dataclasses.replace(shipped, **given)
     except UserError as err:

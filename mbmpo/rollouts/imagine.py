@@ -10,14 +10,15 @@ from torch import Tensor
 
 from mbmpo.models.ensemble import DynamicsEnsemble
 from mbmpo.policy.gaussian import Params, sample
+from mbmpo.runtime.models import widened
 from mbmpo.tasks.base import TaskSpec
 from mbmpo.types import Trajectories
 
 
 def state_bounds(obs: Tensor, margin: float) -> tuple[Tensor, Tensor]:
-    """Per-dimension (low D, high D) of recorded states B x D, each side widened by `margin` x the range."""
-    low, high = obs.min(0).values, obs.max(0).values
-    return low - margin * (high - low), high + margin * (high - low)
+    """Per-dimension (low D, high D) of recorded states B x D, each side widened by `margin` x the range (the
+    rule the robot's runtime applies too: `mbmpo.runtime.models.widened`)."""
+    return widened(obs.min(0).values, obs.max(0).values, margin)
 
 
 @torch.no_grad()

@@ -22,9 +22,9 @@ _ACT: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 RIDGE = (1e-3, 1e-2, 1e-1, 1.0)  # correction strengths tried; the best on held-out transitions is kept
 
 
-def widened(low: np.ndarray, high: np.ndarray, margin: float) -> tuple[np.ndarray, np.ndarray]:
-    """Training's imagination bounds (`mbmpo.rollouts.imagine.state_bounds`): the recorded range low D .. high D,
-    each side widened by `margin` x the range."""
+def widened(low: Any, high: Any, margin: float) -> tuple[Any, Any]:
+    """The imagination's bounds (training's and the robot's): the recorded range low D .. high D (numpy arrays
+    or torch tensors), each side widened by `margin` x the range."""
     return low - margin * (high - low), high + margin * (high - low)
 
 
