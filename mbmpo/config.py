@@ -19,6 +19,7 @@ import yaml
 from mbmpo.errors import UserError
 
 ACTIVATIONS = ("relu", "tanh", "swish")
+PRECISIONS = ("fp32", "bf16", "auto")  # the ensemble's matmuls (mbmpo.device.compute_dtype resolves auto)
 DEVICE_NAMES = "cpu, cuda, cuda:N or auto"  # what the `device` setting takes (mbmpo.device resolves it)
 
 
@@ -43,11 +44,13 @@ class ModelConfig:
     persistency: float = 0.99  # rolling-average factor of the validation loss for early stopping
     buffer_size: int = 100_000  # transitions kept (oldest dropped first)
     min_std: float = 1e-6  # floor of the standardisation std (paper: + 1e-10)
+    precision: str = "fp32"  # fp32 | bf16 | auto (bf16 where the device computes it natively, else fp32)
 
     def __post_init__(self) -> None:
         _check(self.ensemble_size >= 1, "model.ensemble_size must be >= 1")
         _check(all(h >= 1 for h in self.hidden), "model.hidden widths must be >= 1")
         _check(self.activation in ACTIVATIONS, f"model.activation must be one of {ACTIVATIONS}")
+        _check(self.precision in PRECISIONS, f"model.precision must be one of {PRECISIONS}, got {self.precision!r}")
         _check(0.0 < self.valid_fraction < 1.0, "model.valid_fraction must be in (0, 1)")
         _check(0.0 <= self.persistency < 1.0, "model.persistency must be in [0, 1)")
         _check(self.batch_size >= 1 and self.max_epochs >= 0 and self.max_steps >= 0,
@@ -148,6 +151,7 @@ class DeployConfig:
     adapt_rounds: int = 1  # adaptations in all, each of the policy in use after its adapt_episodes episodes
     adapt_kl: float = 0.0  # > 0: each step scaled to this KL(pre || post) (on the episodes: the steps' total)
     adapt_judge: bool = False  # an adapted policy whose own episodes score below its parent's is reverted
+    adapt_margin: float = 0.0  # with adapt_judge: kept only if it scores this many standard errors above its parent
 
     def __post_init__(self) -> None:
         _check(self.adapt_through in ADAPT_THROUGH, f"deploy.adapt_through must be one of {', '.join(ADAPT_THROUGH)}, "
@@ -155,6 +159,7 @@ class DeployConfig:
         _check(min(self.adapt_episodes, self.adapt_steps, self.adapt_rounds) >= 1,
                "deploy.adapt_episodes, adapt_steps and adapt_rounds must be >= 1")
         _check(self.adapt_kl >= 0.0, "deploy.adapt_kl must be >= 0 (0: training's step)")
+        _check(self.adapt_margin >= 0.0, "deploy.adapt_margin must be >= 0 (standard errors of the difference)")
 
 
 @dataclass(frozen=True)

@@ -51,3 +51,19 @@ def to_cpu(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return type(value)(to_cpu(v) for v in value)
     return value
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` multiplies bfloat16 matrices in hardware (CPU: AVX512-BF16 or AMX; CUDA: compute
+    capability 8.0 on, which torch reports); elsewhere bfloat16 is emulated and slower than float32."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def compute_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """The dtype of the ensemble's matmuls for a `model.precision` setting on `device`: bf16, fp32, or auto
+    (bf16 where `native_bf16`, else fp32). Weights, optimiser state and outputs stay float32."""
+    if precision == "auto":
+        return torch.bfloat16 if native_bf16(device) else torch.float32
+    return torch.bfloat16 if precision == "bf16" else torch.float32

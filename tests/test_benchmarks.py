@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import results  # benchmarks/ is on the test path (pyproject: pythonpath)
@@ -167,3 +168,17 @@ def test_seeds_records_each_seed_and_aggregates_only_over_several(tmp_path: Path
 
     kept = tmp_path / "plots" / "curves" / "InvertedPendulum-v5_s5.json"  # a run's curve outlives its folder
     assert mbmpo_curve(kept) == mbmpo_curve(runs[1]) and len(mbmpo_curve(kept)) >= 1
+
+
+def test_precision_times_both_dtypes_side_by_side_and_fits_a_runs_data(tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture) -> None:
+    from precision import main
+
+    rng = np.random.default_rng(0)
+    obs, act = rng.normal(size=(600, 17)).astype(np.float32), rng.normal(size=(600, 6)).astype(np.float32)
+    np.savez(tmp_path / "data.npz", obs=obs, act=act, next_obs=obs + 0.1 * act @ rng.normal(size=(6, 17)))
+    assert main(["--repeats", "1", "--data", str(tmp_path / "data.npz"), "--transitions", "600", "--steps", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "| fit step, ms |" in out and "| imagination pass 20 x 20 x 200, s |" in out, out
+    losses = out.split("| its validation loss per member | ")[1].split(" | ")[:2]
+    assert all(0 < float(v) < 10 for member in losses for v in member.split(", ")), out

@@ -26,6 +26,7 @@ BAD_CONFIGS = [  # (YAML, the error it must give)
     ("meta:\n  state_bounds: -0.1\n", "meta.state_bounds must be >= 0"),
     ("deploy:\n  adapt_through: magic\n", "deploy.adapt_through must be one of episodes, models, got 'magic'"),
     ("deploy:\n  adapt_rounds: 0\n", "deploy.adapt_episodes, adapt_steps and adapt_rounds must be >= 1"),
+    ("model:\n  precision: fp16\n", "model.precision must be one of \\('fp32', 'bf16', 'auto'\\), got 'fp16'"),
     ("modle: {}\n", "unknown section"),
 ]
 

@@ -1,5 +1,6 @@
 """The dynamics ensemble: member independence, weight normalisation, normalisers, fitting, the buffer."""
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -7,6 +8,7 @@ import pytest
 import torch
 
 from mbmpo.config import ModelConfig
+from mbmpo.device import compute_dtype, native_bf16
 from mbmpo.errors import UserError
 from mbmpo.models.buffer import TransitionBuffer
 from mbmpo.models.ensemble import DynamicsEnsemble, EnsembleLinear
@@ -155,3 +157,46 @@ def test_imagined_states_out_of_the_recorded_range_are_clamped_and_end_their_tra
     torch.testing.assert_close(tr.rew[0, 0, :3], expected)
     free = imagine(ens, params, torch.zeros(2, 3, 17), 6, task, 1000.0, torch.Generator().manual_seed(1))
     assert free.mask.all() and free.obs[0, 0, 5, 8] == 5.0  # no bounds: the states run on
+
+
+BF16 = dataclasses.replace(CFG, precision="bf16")
+
+
+def test_precision_resolves_to_a_dtype_and_auto_follows_the_hardware() -> None:
+    cpu = torch.device("cpu")
+    assert compute_dtype("fp32", cpu) == torch.float32 and compute_dtype("bf16", cpu) == torch.bfloat16
+    assert compute_dtype("auto", cpu) == (torch.bfloat16 if native_bf16(cpu) else torch.float32)
+    assert ModelConfig().precision == "fp32"  # nothing changes for a config that does not ask
+
+
+def test_bf16_layers_keep_float32_weights_gradients_and_outputs_and_agree_with_fp32() -> None:
+    torch.manual_seed(3)
+    full, half = DynamicsEnsemble(4, 2, CFG), DynamicsEnsemble(4, 2, BF16)
+    half.load_state_dict(full.state_dict())
+    x = torch.randn(3, 64, 6)
+    out, ref = half(x), full(x)
+    assert out.dtype == torch.float32 and not torch.equal(out, ref)  # it did multiply in bfloat16
+    assert ((out - ref).norm() / ref.norm()) < 2e-2  # bfloat16 keeps 8 bits: ~0.4% per product
+    out.sum().backward()
+    assert all(p.dtype == torch.float32 and p.grad is not None and p.grad.dtype == torch.float32
+               for p in half.parameters())
+    obs, act = torch.randn(3, 5, 4), torch.randn(3, 5, 2)
+    expected = half.predict(obs, act)
+    with half.frozen_weights():
+        assert half.layers[0].cached is not None and half.layers[0].cached.dtype == torch.bfloat16
+        assert torch.equal(half.predict(obs, act), expected)  # cast once or by autocast: the same numbers
+
+
+def test_a_bf16_fit_learns_linear_dynamics_as_well_as_fp32() -> None:
+    torch.manual_seed(1)
+    obs, act = torch.randn(1000, 4), torch.randn(1000, 2)
+    nxt = obs + 0.1 * torch.cat([act, act], -1) + 0.05 * obs
+    losses = {}
+    for cfg in (CFG, BF16):
+        torch.manual_seed(4)
+        ens = DynamicsEnsemble(4, 2, cfg)
+        opt = torch.optim.Adam(ens.parameters(), lr=cfg.lr, fused=True)
+        losses[cfg.precision] = max(fit_ensemble(ens, opt, obs, act, nxt, cfg, torch.Generator().manual_seed(0)).val_loss)
+        pred = ens.predict(obs[:100].expand(3, -1, -1), act[:100].expand(3, -1, -1))
+        assert (pred - nxt[:100]).abs().mean() < 0.02
+    assert losses["bf16"] < 0.05 and losses["bf16"] < 1.5 * losses["fp32"] + 1e-3

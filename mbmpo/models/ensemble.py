@@ -2,6 +2,8 @@
 
 Each member predicts the standardised change of state, delta = s' - s, from standardised (s, a).
 Layers use weight normalisation: W[e, :, j] = g[e, j] * v[e, :, j] / ||v[e, :, j]||.
+With `model.precision` bf16 (or auto on hardware that has it) the layers multiply in bfloat16 under autocast;
+weights, gradients, the optimiser and every output stay float32.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mbmpo.config import ModelConfig
+from mbmpo.device import compute_dtype
 from mbmpo.models.normalizer import Normalizer
 
 _ACT: dict[str, Callable[[Tensor], Tensor]] = {"relu": F.relu, "tanh": torch.tanh, "swish": F.silu}
@@ -59,10 +62,21 @@ class DynamicsEnsemble(nn.Module):
             EnsembleLinear(cfg.ensemble_size, a, b, cfg.weight_norm) for a, b in zip(sizes[:-1], sizes[1:]))
         self.activation: Callable[[Tensor], Tensor] = _ACT[cfg.activation]
         self.activation_name = cfg.activation  # the runtime's models name it (mbmpo.runtime.models)
+        self.precision = cfg.precision
+        self._dtypes: dict[torch.device, torch.dtype] = {}  # compute dtype per device, resolved once
         self.in_norm = Normalizer(obs_dim + act_dim, cfg.min_std)
         self.out_norm = Normalizer(obs_dim, cfg.min_std)
 
     def forward(self, x: Tensor) -> Tensor:
+        dtype = self._dtypes.get(x.device)
+        if dtype is None:
+            dtype = self._dtypes[x.device] = compute_dtype(self.precision, x.device)
+        if dtype == torch.float32:
+            return self._layers(x)
+        with torch.autocast(x.device.type, dtype=dtype):
+            return self._layers(x).float()
+
+    def _layers(self, x: Tensor) -> Tensor:
         for i, layer in enumerate(self.layers):
             x = layer(x)
             if i < len(self.layers) - 1:
@@ -85,7 +99,8 @@ class DynamicsEnsemble(nn.Module):
         with torch.no_grad():
             for layer in layers:
                 layer.cached = None
-                layer.cached = layer.weight()
+                weight = layer.weight()  # cast once here, not by autocast at every pass
+                layer.cached = weight.to(compute_dtype(self.precision, weight.device))
         try:
             yield
         finally:

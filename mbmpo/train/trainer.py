@@ -107,7 +107,7 @@ class Trainer:
         self.n_tasks = cfg.model.ensemble_size * cfg.meta.tasks_per_model
         torch.manual_seed(seed)
         self.ensemble = DynamicsEnsemble(task.obs_dim, task.act_dim, cfg.model).to(self.device)
-        self.optimizer = torch.optim.Adam(self.ensemble.parameters(), lr=cfg.model.lr)
+        self.optimizer = torch.optim.Adam(self.ensemble.parameters(), lr=cfg.model.lr, fused=True)
         gen = torch.Generator().manual_seed(seed)
         params = init_params(task.obs_dim, task.act_dim, cfg.policy.hidden, cfg.policy.init_std, gen)
         if cfg.meta.learn_inner_lr:

@@ -1,0 +1,165 @@
+"""bf16 against fp32 for the dynamics ensemble (`model.precision`): what one fit step, a fit and an imagination
+pass cost at the HalfCheetah preset's sizes, and what the fit reaches.
+
+    python benchmarks/precision.py                                  # synthetic data, timings only
+    python benchmarks/precision.py --data runs/RUN/data.npz --record  # + a fit on a run's transitions
+
+Side by side in one process, each repeat timing fp32 then bf16 (so that a shared machine's drift falls on both):
+- the machine's reference: the median GFLOP/s of a 2048 x 2048 `torch.mm` in fp32 and in bf16, before and after;
+- one fit step (5 members x (512, 512), 500 transitions each, forward + backward + fused Adam), its ms and
+  achieved GFLOP/s (3x the forward's matmul FLOPs) as a share of the same dtype's matmul figure;
+- one imagination pass of the preset (20 tasks x 20 rollouts x 200 steps, policy included);
+- with `--data`: `--steps` fit steps on the first `--transitions` of a run's transitions from one
+  initialisation per precision, and each member's validation loss after them (normalised MSE).
+Torch runs on `--threads` threads (default 1, as training does). Reports medians, the fp32 / bf16 ratios and the
+load of other processes (0: idle, 1: every core busy) while it ran. `--record` adds
+`ensemble_fit_step_bf16_speedup` and `imagination_bf16_speedup` to benchmarks/results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mbmpo.config import ModelConfig
+from mbmpo.device import native_bf16
+from mbmpo.models.ensemble import DynamicsEnsemble
+from mbmpo.models.training import fit_ensemble
+from mbmpo.policy.gaussian import init_params
+from mbmpo.rollouts.imagine import imagine
+from mbmpo.tasks import get_task
+from results import record  # noqa: E402
+from throughput import LoadMeter, forward_flops  # noqa: E402
+
+PRECISIONS = ("fp32", "bf16")
+
+
+def matmul_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 9) -> float:
+    """Median GFLOP/s of torch.mm on two random n x n matrices of `dtype`."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    torch.mm(a, b)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        times.append(time.perf_counter() - start)
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def ensembles(obs_dim: int, act_dim: int) -> dict[str, DynamicsEnsemble]:
+    """The preset's ensemble in each precision, same weights, normalisers fitted to unit-scale data."""
+    out = {}
+    for precision in PRECISIONS:
+        torch.manual_seed(0)
+        ens = DynamicsEnsemble(obs_dim, act_dim, ModelConfig(hidden=(512, 512), precision=precision))
+        obs, act = torch.randn(1000, obs_dim), torch.randn(1000, act_dim)
+        ens.fit_normalizers(obs, act, obs + 0.1 * torch.randn(1000, obs_dim))
+        out[precision] = ens
+    return out
+
+
+def side_by_side(fns: dict[str, object], repeats: int) -> dict[str, float]:
+    """Median seconds of each callable, timed alternately (one warm-up call each first)."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for fn in fns.values():
+        fn()  # type: ignore[operator]
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()  # type: ignore[operator]
+            times[name].append(time.perf_counter() - start)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def fit_step_fn(ens: DynamicsEnsemble, steps: int = 10):  # noqa: ANN201
+    """`steps` fit steps on random minibatches (the loop of `fit_ensemble`, all members active)."""
+    optimizer = torch.optim.Adam(ens.parameters(), lr=1e-3, fused=True)
+    x, y = torch.randn(ens.members, 500, ens.obs_dim + ens.act_dim), torch.randn(ens.members, 500, ens.obs_dim)
+
+    def run() -> None:
+        for _ in range(steps):
+            loss = ((ens(x) - y) ** 2).mean((1, 2)).sum()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    return run
+
+
+def fit_on_data(path: Path, transitions: int, steps: int) -> dict[str, tuple[float, list[float]]]:
+    """Seconds and per-member validation loss of a `steps`-step fit on a run's transitions, per precision."""
+    data = np.load(path)
+    obs, act, nxt = (torch.as_tensor(data[k][:transitions], dtype=torch.float32) for k in ("obs", "act", "next_obs"))
+    out = {}
+    for precision in PRECISIONS:
+        cfg = ModelConfig(hidden=(512, 512), max_epochs=1000, max_steps=steps, persistency=0.0, precision=precision)
+        torch.manual_seed(0)
+        ens = DynamicsEnsemble(obs.shape[1], act.shape[1], cfg)
+        optimizer = torch.optim.Adam(ens.parameters(), lr=cfg.lr, fused=True)
+        start = time.perf_counter()
+        result = fit_ensemble(ens, optimizer, obs, act, nxt, cfg, torch.Generator().manual_seed(0))
+        out[precision] = (time.perf_counter() - start, result.val_loss)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--data", type=Path, help="a run's data.npz: also fit on its transitions")
+    p.add_argument("--transitions", type=int, default=40_000)
+    p.add_argument("--steps", type=int, default=1000, help="fit steps on --data (the preset caps a fit at 2,000)")
+    p.add_argument("--record", action="store_true")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    cpu = torch.device("cpu")
+    print(f"torch {torch.__version__}, {args.threads} thread(s); native bf16 on this CPU: {native_bf16(cpu)}")
+    meter = LoadMeter()
+    peaks = {k: [matmul_gflops(d)] for k, d in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
+    task = get_task("HalfCheetah-v5")
+    ens = ensembles(task.obs_dim, task.act_dim)
+    fit = side_by_side({k: fit_step_fn(ens[k]) for k in PRECISIONS}, args.repeats)
+    params = init_params(task.obs_dim, task.act_dim, (32, 32), 1.0, torch.Generator().manual_seed(0))
+    start = torch.randn(20, 20, task.obs_dim) * 0.1
+    imag = side_by_side({k: (lambda e=ens[k]: imagine(e, params, start, 200, task, 1000.0,
+                                                       torch.Generator().manual_seed(1))) for k in PRECISIONS},
+                        max(3, args.repeats // 2))
+    for k, d in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        peaks[k].append(matmul_gflops(d))
+    flops = 3 * forward_flops(ens["fp32"]) * ens["fp32"].members * 500
+    print("| | fp32 | bf16 | fp32 / bf16 |\n|---|---|---|---|")
+    peak = {k: statistics.mean(v) for k, v in peaks.items()}
+    print(f"| matmul 2048, GFLOP/s (before, after) | {peaks['fp32'][0]:.0f}, {peaks['fp32'][1]:.0f} | "
+          f"{peaks['bf16'][0]:.0f}, {peaks['bf16'][1]:.0f} | {peak['fp32'] / peak['bf16']:.2f} |")
+    step = {k: fit[k] / 10 for k in PRECISIONS}
+    print(f"| fit step, ms | {step['fp32'] * 1e3:.1f} | {step['bf16'] * 1e3:.1f} | {step['fp32'] / step['bf16']:.2f} |")
+    print("| fit step, GFLOP/s (share of the dtype's matmul) | "
+          + " | ".join(f"{flops / step[k] / 1e9:.0f} ({flops / step[k] / 1e9 / peak[k]:.0%})" for k in PRECISIONS)
+          + " | |")
+    print(f"| imagination pass 20 x 20 x 200, s | {imag['fp32']:.2f} | {imag['bf16']:.2f} | "
+          f"{imag['fp32'] / imag['bf16']:.2f} |")
+    if args.data:
+        res = fit_on_data(args.data, args.transitions, args.steps)
+        print(f"| fit of {args.steps} steps on {args.transitions} transitions of {args.data}, s | "
+              f"{res['fp32'][0]:.1f} | {res['bf16'][0]:.1f} | {res['fp32'][0] / res['bf16'][0]:.2f} |")
+        print("| its validation loss per member | " + " | ".join(
+            ", ".join(f"{v:.4f}" for v in res[k][1]) for k in PRECISIONS) + " | |")
+    load = meter.others()
+    print(f"load of other processes while it ran: {load:.2f} of all cores")
+    if args.record:
+        cmd = "python " + " ".join(["benchmarks/precision.py", *(argv if argv is not None else sys.argv[1:])])
+        where = f"HalfCheetah preset sizes, {args.threads} thread(s), medians side by side, other load {load:.2f}"
+        record("ensemble_fit_step_bf16_speedup", step["fp32"] / step["bf16"],
+               f"fp32 / bf16 ms of one 5 x (512, 512) fit step, batch 500 ({where})", cmd)
+        record("imagination_bf16_speedup", imag["fp32"] / imag["bf16"],
+               f"fp32 / bf16 s of one imagination pass 20 x 20 x 200 ({where})", cmd)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
