@@ -50,6 +50,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--adapt-judge", action=argparse.BooleanOptionalAction,
                         help="each adapted policy runs --adapt-episodes of its own and is kept only if they score at "
                              "least what the episodes of the policy it came from scored (one collection more)")
+    parser.add_argument("--adapt-margin", type=float, metavar="Z",
+                        help="with --adapt-judge: kept only if the mean beats the parent's by Z standard errors")
     parser.add_argument("--through", choices=["episodes", "models"],
                         help="adapt on the fresh episodes (the step's data), or through the bundle's dynamics models "
                              "corrected to them")
@@ -74,7 +76,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             for seed in range(args.seeds):
                 r = evaluate_bundle(bundle, task, args.episodes, True, perturb, args.adapt_episodes, seed=1000 * seed,
                                     adapt_kl=args.adapt_kl, adapt_steps=args.adapt_steps, through=args.through,
-                                    adapt_rounds=args.adapt_rounds, judge=args.adapt_judge)
+                                    adapt_rounds=args.adapt_rounds, judge=args.adapt_judge,
+                                    margin=args.adapt_margin)
                 adaptations.append(r["adaptation"])
                 pre.append(r["return_pre_mean"])
                 post.append(r["return_adapted_mean"])
@@ -106,6 +109,8 @@ def describe(how: DeployConfig) -> str:
             "episodes")
     text += f" x {how.adapt_rounds} rounds" if how.adapt_rounds > 1 else ""
     text += f", each step scaled to KL {how.adapt_kl}" if how.adapt_kl else ", the bundle's step"
+    if how.adapt_judge and how.adapt_margin:
+        return text + f", each kept only if its own episodes score {how.adapt_margin:g} standard errors higher"
     return text + (", each kept only if its own episodes score no lower" if how.adapt_judge else "")
 
 

@@ -55,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="adaptations online: each adapts the policy in use after its own --adapt-episodes")
     ev.add_argument("--adapt-judge", action=argparse.BooleanOptionalAction,
                     help="revert an adapted policy whose own episodes score below its parent's")
+    ev.add_argument("--adapt-margin", type=float, metavar="Z",
+                    help="with --adapt-judge: keep an adapted policy only if its episodes' mean beats its parent's by Z "
+                         "standard errors of the difference")
     ev.add_argument("--adapt-kl", type=float, default=None,
                     help="scale each step to this KL(pre || post) (on the episodes: --adapt-steps' total; "
                          "through the models: each step's)")
@@ -165,7 +168,8 @@ def _eval(args: argparse.Namespace) -> int:
 
         result = evaluate_bundle(args.policy, get_task(args.task), args.episodes, args.adapt, perturb,
                                  args.adapt_episodes, args.seed, adapt_kl=args.adapt_kl, adapt_steps=args.adapt_steps,
-                                 through=args.adapt_through, adapt_rounds=args.adapt_rounds, judge=args.adapt_judge)
+                                 through=args.adapt_through, adapt_rounds=args.adapt_rounds, judge=args.adapt_judge,
+                                 margin=args.adapt_margin)
     else:
         from mbmpo.train.evaluate import evaluate_run
 

@@ -158,16 +158,17 @@ def test_the_deploy_graph_adapts_as_the_bundle_ships_unless_told(tmp_path: Path)
     win; without a readable manifest, the defaults; a bad section is one line naming the manifest."""
     (tmp_path / "manifest.json").write_text(json.dumps({"deploy": {"adapt_through": "models", "adapt_episodes": 4,
                                                                     "adapt_rounds": 3, "adapt_judge": True}}))
-    keys = ("adapt_through", "adapt_episodes", "adapt_steps", "adapt_rounds", "adapt_kl", "adapt_judge")
+    keys = ("adapt_through", "adapt_episodes", "adapt_steps", "adapt_rounds", "adapt_kl", "adapt_judge",
+            "adapt_margin")
 
     def adaptation(**args: str) -> dict:
         return {k: deploy_graph({"policy": str(tmp_path), **args})[-1].parameters[k] for k in keys}
 
     assert adaptation() == {"adapt_through": "models", "adapt_episodes": 4, "adapt_steps": 1, "adapt_rounds": 3,
-                            "adapt_kl": 0.0, "adapt_judge": True}
-    assert adaptation(adapt_rounds="1", adapt_judge="false", adapt_kl="0.05") == {
+                            "adapt_kl": 0.0, "adapt_judge": True, "adapt_margin": 0.0}
+    assert adaptation(adapt_rounds="1", adapt_judge="false", adapt_kl="0.05", adapt_margin="1") == {
         "adapt_through": "models", "adapt_episodes": 4, "adapt_steps": 1, "adapt_rounds": 1, "adapt_kl": 0.05,
-        "adapt_judge": False}
+        "adapt_judge": False, "adapt_margin": 1.0}
     with pytest.raises(ValueError, match="adapt_rounds:=two is not an integer"):
         adaptation(adapt_rounds="two")
     assert deploy_graph({"policy": str(tmp_path / "none")})[-1].parameters["adapt_episodes"] == 2  # the defaults

@@ -232,20 +232,22 @@ def test_evaluation_adapts_as_the_bundle_ships_unless_told(run: Path, tmp_path: 
     task = get_task("HalfCheetah-v5")
     assert load(run.parent / "bundle").manifest["deploy"] == {
         "adapt_through": "episodes", "adapt_episodes": 2, "adapt_steps": 1, "adapt_rounds": 1, "adapt_kl": 0.0,
-        "adapt_judge": False}  # tiny.yaml has no deploy section: the defaults
+        "adapt_judge": False, "adapt_margin": 0.0}  # tiny.yaml has no deploy section: the defaults
     shipped = tmp_path / "shipped"
     shutil.copytree(run.parent / "bundle", shipped)
     manifest = json.loads((shipped / "manifest.json").read_text())
     manifest["deploy"] = {"adapt_through": "models", "adapt_episodes": 1, "adapt_steps": 2, "adapt_rounds": 3}
     (shipped / "manifest.json").write_text(json.dumps(manifest))
     r = evaluate_bundle(shipped, task, 1, True, {"mass": 1.3}, seed=3)
-    assert r["adaptation"] == {**manifest["deploy"], "adapt_kl": 0.0, "adapt_judge": False}, r
+    assert r["adaptation"] == {**manifest["deploy"], "adapt_kl": 0.0, "adapt_judge": False, "adapt_margin": 0.0}, r
     assert r["adapt_transitions"] == 3 * task.horizon, r
     r = evaluate_bundle(shipped, task, 1, True, {"mass": 1.3}, seed=3, adapt_rounds=1, through="episodes")
     assert r["adaptation"]["adapt_rounds"] == 1 and r["adaptation"]["adapt_through"] == "episodes"
     assert r["adapt_transitions"] == task.horizon, r
     with pytest.raises(UserError, match=r"--adapt-kl must be >= 0 \(0: training's step"):
         evaluate_bundle(shipped, task, 1, True, {}, adapt_kl=-0.1)
+    with pytest.raises(UserError, match=r"--adapt-margin must be >= 0 \(standard errors\), got -1"):
+        evaluate_bundle(shipped, task, 1, True, {}, margin=-1.0)
 
 
 def test_a_judged_adaptation_that_scores_lower_on_the_robot_is_reverted(run: Path) -> None:
@@ -278,3 +280,24 @@ def test_a_judged_adaptation_that_scores_lower_on_the_robot_is_reverted(run: Pat
     info = adapt_online(online, collect, adapt_once, 10)
     assert online.current is policy and info["rounds_reverted"] == 1 and "scored below" in info["adapt_refused"]
     assert info["adapt_transitions"] == 4  # 1 round judged: done after 2 episodes; the budget is not reached
+
+
+def test_a_judge_with_a_margin_keeps_only_a_step_that_beats_its_parent_by_that_many_standard_errors(run: Path) -> None:
+    """Two episodes each: the parent's returns 100, 110 and the adapted policy's 112, 118. The difference of the
+    means is 10; its standard error sqrt(50 / 2 + 18 / 2) = sqrt(34) = 5.83. Kept at margin 1 (bar 110.8), reverted
+    at margin 2 (bar 116.7)."""
+    from mbmpo.deploy.online import OnlineAdaptation, standard_error
+    from mbmpo.train.evaluate_bundle import adapt_online
+
+    assert standard_error([112.0, 118.0], [100.0, 110.0]) == pytest.approx(34 ** 0.5)
+    assert standard_error([1.0], [2.0]) == 0.0
+    policy = load(run.parent / "bundle")
+    obs = np.zeros((3, 17), np.float32)
+    for margin, kept in ((0.0, True), (1.0, True), (2.0, False)):
+        scores = iter([100.0, 110.0, 112.0, 118.0])
+        online = OnlineAdaptation(policy, 2, rounds=1, judge=True, margin=margin)
+        info = adapt_online(online, lambda current, n: (obs, np.zeros((2, 6), np.float32), next(scores)),
+                            lambda request, k: Policy(policy.bundle, request.policy.params, "step"), 10)
+        assert (online.current is not policy) == kept and info["rounds_reverted"] == (not kept), (margin, info)
+    with pytest.raises(ValueError, match="margin >= 0"):
+        OnlineAdaptation(policy, 2, judge=True, margin=-0.5)

@@ -70,6 +70,7 @@ class ControllerSettings:
     adapt_through: str = "episodes"  # deploy: step on the fresh episodes, or through the bundle's models corrected to them
     adapt_rounds: int = 1  # deploy: adaptations in all, each of the policy in use after its adapt_episodes episodes
     adapt_judge: bool = False  # deploy: an adapted policy whose episodes score below its parent's is reverted
+    adapt_margin: float = 0.0  # deploy, with adapt_judge: kept only if it scores this many standard errors higher
     deterministic: bool = False  # act with the mean action
     horizon: int = 0  # episode length; 0 takes the bundle's
     control_period: float = 0.0  # seconds; 0 takes the bundle's
@@ -99,8 +100,9 @@ class ControllerSettings:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.adapt_through not in ADAPT_THROUGH:
             raise ValueError(f"adapt_through '{self.adapt_through}' is not one of {', '.join(ADAPT_THROUGH)}")
-        if self.horizon < 0 or self.control_period < 0 or self.adapt_max_kl < 0 or self.adapt_kl < 0:
-            raise ValueError("horizon, control_period, adapt_max_kl and adapt_kl must be >= 0")
+        for name in ("horizon", "control_period", "adapt_max_kl", "adapt_kl", "adapt_margin"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not self.speedup > 0:
             raise ValueError(f"speedup must be > 0, got {self.speedup}")
         if not self.watchdog_periods > 0:
@@ -227,7 +229,7 @@ class Controller:
         self.explore_index = self.settings.explore_offset
         st = self.settings
         self.online = OnlineAdaptation(meta, st.adapt_episodes, st.adapt_rounds, st.adapt_judge,
-                                       st.adapt_through) if st.mode == "deploy" else None
+                                       st.adapt_through, st.adapt_margin) if st.mode == "deploy" else None
         first = self.policy is None
         self.pending = self.next_policy()
         if first:  # the first episode starts like every other: after a reset

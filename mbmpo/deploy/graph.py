@@ -59,6 +59,8 @@ DEPLOY_ARGUMENTS: dict[str, tuple[str, str]] = {
     "adapt_rounds": ("", "adaptations in all: each further one adapts the policy in use again after its own "
                          "adapt_episodes episodes (through the models: from every fresh episode so far)"),
     "adapt_judge": ("", "true: an adapted policy whose own episodes score below its parent's is reverted"),
+    "adapt_margin": ("", "with adapt_judge: an adapted policy is kept only if its episodes' mean beats its parent's "
+                         "by this many standard errors of the difference (0: no lower)"),
     "adapt_kl": ("", "the step scaled to this KL(pre || post) (on the episodes: adapt_steps' total; through the "
                      "models: each step's); 0 takes training's step"),
     "sim_mode": ("realtime", "sim timing when sim:=mujoco"),
@@ -220,7 +222,7 @@ def _adaptation(a: dict[str, str]) -> dict[str, Any]:
         manifest = {}
     given: dict[str, Any] = {}
     for name, kind in (("adapt_episodes", int), ("adapt_steps", int), ("adapt_rounds", int), ("adapt_kl", float),
-                       ("adapt_through", str)):
+                       ("adapt_margin", float), ("adapt_through", str)):
         if a[name].strip():
             try:
                 given[name] = kind(a[name].strip())

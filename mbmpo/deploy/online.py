@@ -8,8 +8,9 @@ A round: the policy in use runs `episodes` episodes, then is adapted from them (
 every fresh episode so far, a dynamics fit that any policy's data serves; on the episodes: from its own, the
 on-policy data a policy-gradient step needs). `rounds` bounds the adaptations; a refused one is no round
 (the next try starts from fresh episodes). With `judge`, an adapted policy is kept only if its own `episodes`
-episodes score at least what its parent's did; otherwise the parent is back in use and the next round starts
-from fresh episodes of it.
+episodes score at least what its parent's did (with `margin` > 0: by that many standard errors of the difference of
+the two means, so that an unshifted robot's noise does not keep a step that did not help); otherwise the parent is
+back in use and the next round starts from fresh episodes of it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,12 @@ import numpy as np
 from mbmpo.runtime import Policy
 
 Pieces = list[tuple[np.ndarray, np.ndarray]]  # per piece of an episode: obs (L+1) x D, act L x A
+
+
+def standard_error(a: list[float], b: list[float]) -> float:
+    """Standard error of mean(a) - mean(b) for independent samples (Welch): sqrt(s_a^2 / n_a + s_b^2 / n_b),
+    with each sample variance unbiased (ddof 1; a sample of one contributes 0)."""
+    return float(np.sqrt(sum(np.var(x, ddof=1) / len(x) if len(x) > 1 else 0.0 for x in (a, b))))
 
 
 @dataclass(frozen=True)
@@ -35,11 +42,13 @@ class OnlineAdaptation:
     """The adaptation state of one bundle's meta-policy `base` (a new bundle starts a new one)."""
 
     def __init__(self, base: Policy, episodes: int, rounds: int = 1, judge: bool = False,
-                 through: str = "episodes"):
-        if episodes < 1 or rounds < 1:
-            raise ValueError(f"adaptation needs episodes >= 1 and rounds >= 1, got {episodes} and {rounds}")
+                 through: str = "episodes", margin: float = 0.0):
+        if episodes < 1 or rounds < 1 or not margin >= 0:
+            raise ValueError(f"adaptation needs episodes >= 1, rounds >= 1 and margin >= 0, got {episodes}, {rounds} "
+                             f"and {margin}")
         self.base, self.current = base, base
         self.episodes, self.rounds, self.judge, self.through = episodes, rounds, judge, through
+        self.margin = margin
         self.window: Pieces = []  # every fresh piece since `base` was installed
         self.own: Pieces = []  # the current policy's pieces since it came into use
         self.own_returns: list[float] = []
@@ -68,9 +77,11 @@ class OnlineAdaptation:
         verdict = ""
         if self.parent is not None:
             own, parent = float(np.mean(self.own_returns)), float(np.mean(self.parent_returns))
-            kept = own >= parent
+            bar = parent + self.margin * standard_error(self.own_returns, self.parent_returns)
+            kept = own >= bar
             verdict = (f"'{self.current.name}' {'kept' if kept else 'reverted'}: mean return {own:.1f} over "
-                       f"{len(self.own_returns)} episodes against {parent:.1f} of '{self.parent.name}'")
+                       f"{len(self.own_returns)} episodes against {parent:.1f} of '{self.parent.name}'"
+                       + (f" (bar {bar:.1f})" if self.margin else ""))
             if not kept:
                 self.reverted += 1
                 self.current, self.own, self.own_returns = self.parent, [], []

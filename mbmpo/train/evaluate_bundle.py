@@ -44,15 +44,16 @@ def check_contract(policy: Policy, task: TaskSpec) -> None:
 def evaluate_bundle(pdir: Path, task: TaskSpec, episodes: int, adapt: bool, perturb: dict[str, float],
                     adapt_episodes: int | None = None, seed: int = 12345, adapt_kl: float | None = None,
                     adapt_steps: int | None = None, through: str | None = None, adapt_rounds: int | None = None,
-                    judge: bool | None = None) -> dict[str, Any]:
+                    judge: bool | None = None, margin: float | None = None) -> dict[str, Any]:
     """Returns before (meta-policy, `return_pre_*`) and, with `adapt`, after ONE adaptation step from fresh
     real episodes (`return_adapted_*`; `return_post` names the model-adapted policies of training). The step
     is the bundle's (training's step size) unless `adapt_kl` scales it to that KL; `adapt_steps` > 1 takes
     more steps on the same episodes, each from the last and under the KL bound (`adapt_kl` the total).
     `through="models"` adapts through the bundle's dynamics models instead (`Policy.adapt_in_models`: up to
     `adapt_steps` steps on imagined rollouts of the models corrected to the fresh episodes). `adapt_rounds` > 1
-    adapts online in rounds and `judge` keeps an adapted policy only if the robot's returns say so, as the
-    policy node does (mbmpo.deploy.online), on at most (adapt_rounds + judge) x adapt_episodes fresh episodes.
+    adapts online in rounds and `judge` keeps an adapted policy only if the robot's returns say so (by `margin`
+    standard errors), as the policy node does (mbmpo.deploy.online), on at most (adapt_rounds + judge) x
+    adapt_episodes fresh episodes.
     Each adaptation setting left None is the one the bundle ships (`result["adaptation"]`: what was used)."""
     for flag, value in (("--adapt-episodes", adapt_episodes), ("--adapt-steps", adapt_steps),
                         ("--adapt-rounds", adapt_rounds)):
@@ -62,6 +63,8 @@ def evaluate_bundle(pdir: Path, task: TaskSpec, episodes: int, adapt: bool, pert
         raise UserError(f"adapt through '{through}': expected one of {', '.join(ADAPT_THROUGH)}")
     if episodes < 1:
         raise UserError("--episodes must be >= 1")
+    if margin is not None and not margin >= 0:
+        raise UserError(f"--adapt-margin must be >= 0 (standard errors), got {margin}")
     if adapt_kl is not None and not adapt_kl >= 0:
         raise UserError(f"--adapt-kl must be >= 0 (0: training's step; left out: as the bundle ships it), "
                         f"got {adapt_kl}")
@@ -72,7 +75,7 @@ def evaluate_bundle(pdir: Path, task: TaskSpec, episodes: int, adapt: bool, pert
     check_contract(policy, task)
     how = shipped_adaptation(policy.manifest, str(Path(pdir) / "manifest.json"), adapt_episodes=adapt_episodes,
                              adapt_steps=adapt_steps, adapt_through=through, adapt_rounds=adapt_rounds,
-                             adapt_kl=adapt_kl, adapt_judge=judge)
+                             adapt_kl=adapt_kl, adapt_judge=judge, adapt_margin=margin)
     env = task.make_env(task.horizon)
     apply_perturbations(env, perturb)
     rng = np.random.default_rng(seed)
@@ -93,7 +96,8 @@ def evaluate_bundle(pdir: Path, task: TaskSpec, episodes: int, adapt: bool, pert
         def collect(current: Policy, n: int) -> Episode:
             return runtime_episode(current, env, seed + 1000 + n, task.horizon, False, rng)
 
-        online = OnlineAdaptation(policy, how.adapt_episodes, how.adapt_rounds, how.adapt_judge, how.adapt_through)
+        online = OnlineAdaptation(policy, how.adapt_episodes, how.adapt_rounds, how.adapt_judge, how.adapt_through,
+                                  how.adapt_margin)
         result["adaptation"] = dataclasses.asdict(how)
         budget = (how.adapt_rounds + how.adapt_judge) * how.adapt_episodes
         result.update(adapt_online(online, collect, adapt_once, budget))

@@ -70,6 +70,8 @@ class PolicyNode(Node):
                                  "after its adapt_episodes episodes"),
             adapt_judge=declare(self, "adapt_judge", False, "deploy: revert an adapted policy whose own episodes "
                                 "score below its parent's"),
+            adapt_margin=declare(self, "adapt_margin", 0.0, "deploy, with adapt_judge: keep an adapted policy only if "
+                                 "its episodes' mean beats its parent's by this many standard errors"),
             deterministic=declare(self, "deterministic", False, "act with the mean action"),
             horizon=declare(self, "horizon", 0, "episode length; 0 takes the bundle's"),
             control_period=declare(self, "control_period", 0.0, "seconds; 0 takes the bundle's"),
