@@ -17,12 +17,13 @@ means `sim_to_real_recovery_mean` and `sim_to_real_nominal_change`. Plot: benchm
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
 import numpy as np
 
-from mbmpo.config import DeployConfig, default_config_path, load_config
+from mbmpo.config import DeployConfig, default_config_path, load_config, shipped_adaptation
 from mbmpo.errors import UserError
 from mbmpo.tasks import get_task
 from mbmpo.train.evaluate_bundle import evaluate_bundle
@@ -64,6 +65,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.record and set(PERTURBATIONS) - {"nominal"} - set(args.shifts):
         parser.error("--record measures every shift (no --shifts)")
     task = get_task(args.task)
+    overrides = {"adapt_episodes": args.adapt_episodes, "adapt_kl": args.adapt_kl, "adapt_steps": args.adapt_steps,
+                 "adapt_through": args.through, "adapt_rounds": args.adapt_rounds, "adapt_judge": args.adapt_judge,
+                 "adapt_margin": args.adapt_margin}
+    check_one_adaptation(args.policy, overrides)
     rows = []
     print("| dynamics | return before adaptation | after one step | change | KL(pre||post), accepted steps | refused |")
     print("|---|---|---|---|---|---|")
@@ -94,13 +99,27 @@ def main(argv: list[str] | None = None) -> list[dict]:
         args.out.write_text(json.dumps(rows, indent=2))
     plot(args.task, rows, args.plot or PLOTS / f"{args.task}_sim_to_real.png")
     if args.record:
-        used = {json.dumps(a, sort_keys=True) for r in rows for a in r["adaptation"]}
-        if len(used) > 1:
-            raise SystemExit(f"sim_to_real: the bundles ship different adaptations ({sorted(used)}); give the "
-                             "--adapt-* options to record one")
         record_figures(args.task, recovery, nominal_change, len(args.policy), args.seeds,
-                       DeployConfig(**json.loads(used.pop())))
+                       DeployConfig(**rows[0]["adaptation"][0]))
     return rows
+
+
+def check_one_adaptation(bundles: list[Path], overrides: dict) -> None:
+    """Raises `UserError` before anything runs when the bundles, with the options given, would adapt differently
+    (bundles exported from other presets, or before the manifest had a deploy section): one figure over them
+    would mix adaptations."""
+    used: dict[str, list[str]] = {}
+    for bundle in bundles:
+        try:
+            manifest = json.loads((Path(bundle) / "manifest.json").read_text())
+        except (OSError, ValueError) as err:
+            raise UserError(f"cannot read {Path(bundle) / 'manifest.json'}: {err}") from None
+        how = shipped_adaptation(manifest, str(Path(bundle) / "manifest.json"), **overrides)
+        used.setdefault(json.dumps(dataclasses.asdict(how), sort_keys=True), []).append(str(bundle))
+    if len(used) > 1:
+        which = "; ".join(f"{', '.join(b)}: {h}" for h, b in used.items())
+        raise UserError(f"the bundles ship different adaptations ({which}); give every --adapt-* option and "
+                        "--through to measure one")
 
 
 def describe(how: DeployConfig) -> str:

@@ -65,6 +65,26 @@ def test_sim_to_real_reports_every_perturbation_before_and_after_one_step(pendul
         assert all(0 < x <= 1000 for x in r["pre"] + r["post"]) and r["refused"] in (0, 1), r
 
 
+@pytest.mark.badinput
+def test_sim_to_real_refuses_bundles_that_would_adapt_differently_before_measuring(pendulum_bundle: Path,
+                                                                                    tmp_path: Path) -> None:
+    import shutil
+
+    from mbmpo.errors import UserError
+    from sim_to_real import main
+
+    other = tmp_path / "other"
+    shutil.copytree(pendulum_bundle, other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    manifest["deploy"] = {**manifest.get("deploy", {}), "adapt_rounds": 3}
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(UserError, match=f"ship different adaptations .*{other}: .*\"adapt_rounds\": 3"):
+        main(["--policy", str(pendulum_bundle), str(other), "--task", "InvertedPendulum-v5", "--out", str(tmp_path / "x")])
+    assert not (tmp_path / "x").exists()  # refused before anything ran
+    with pytest.raises(UserError, match="cannot read"):
+        main(["--policy", str(tmp_path / "nope"), "--task", "InvertedPendulum-v5"])
+
+
 def test_finetune_runs_init_and_scratch_on_the_shifted_robot(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from finetune import main, steps_to
     from mbmpo.cli import main as cli
