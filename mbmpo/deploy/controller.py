@@ -101,7 +101,7 @@ class ControllerSettings:
         if self.adapt_through not in ADAPT_THROUGH:
             raise ValueError(f"adapt_through '{self.adapt_through}' is not one of {', '.join(ADAPT_THROUGH)}")
         for name in ("horizon", "control_period", "adapt_max_kl", "adapt_kl", "adapt_margin"):
-            if getattr(self, name) < 0:
+            if not getattr(self, name) >= 0:  # NaN too
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not self.speedup > 0:
             raise ValueError(f"speedup must be > 0, got {self.speedup}")
