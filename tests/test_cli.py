@@ -64,6 +64,8 @@ def test_train_then_eval_json_and_resume(tmp_path: Path, capsys: pytest.CaptureF
 @pytest.mark.fault
 def test_resume_after_kill_between_collection_and_checkpoint(tmp_path: Path) -> None:
     """Data saved right after collection survives a kill before the checkpoint and is trained on."""
+    import torch
+
     from mbmpo.config import load_config
     from mbmpo.tasks import get_task
     from mbmpo.train.trainer import Trainer
@@ -75,8 +77,13 @@ def test_resume_after_kill_between_collection_and_checkpoint(tmp_path: Path) -> 
     trainer.buffer.add_episodes(episodes)
     trainer.buffer.save(tmp_path / "data.npz")  # ... is on disk, then the process dies
     collected = trainer.buffer.total_steps
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    for group in ckpt["optimizer"]["param_groups"]:
+        group["fused"] = None  # as a checkpoint written before the fit used Adam's fused kernel
+    torch.save(ckpt, tmp_path / "checkpoint.pt")
     resumed = Trainer(task, cfg, tmp_path, seed=0, resume=True, tensorboard=False)
     assert resumed.buffer.total_steps == collected
+    assert all(g["fused"] for g in resumed.optimizer.param_groups)
     row = resumed.iterate()  # trains on the saved data instead of collecting again
     assert row.real_steps == collected and row.iteration == 1
 

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -76,6 +77,14 @@ class Stream(enum.IntEnum):
 
 def _seed(seed: int, iteration: int, stream: int) -> int:
     return (seed * 1_000_003 + iteration * 7919 + stream) % (2**31 - 1)
+
+
+def load_optimizer(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """Adam's state from a checkpoint, on the fused kernel whatever the checkpoint's param groups say (one written
+    before the fit used it would bring back the per-parameter loop: a bf16 fit step 34 ms instead of 26 here)."""
+    optimizer.load_state_dict(state)
+    for group in optimizer.param_groups:
+        group["fused"], group["foreach"] = True, None
 
 
 class Trainer:
@@ -146,7 +155,7 @@ class Trainer:
             ckpt = load_checkpoint(self.run_dir)
             check_task_matches(ckpt, self.task.name, self.task.obs_dim, self.task.act_dim, self.run_dir)
             self.ensemble.load_state_dict(ckpt["ensemble"])
-            self.optimizer.load_state_dict(ckpt["optimizer"])
+            load_optimizer(self.optimizer, ckpt["optimizer"])
             self.state = RunState(int(ckpt["iteration"]), ckpt["params"], ckpt["adapted"])
             self.wall_offset = float(ckpt["wall_s"])
             self.ckpt_steps = int(ckpt["real_steps"])
@@ -158,7 +167,7 @@ class Trainer:
         from the run in `init`; its data too with `keep_data`, not counted as this run's real steps."""
         ckpt = load_init(init, self.task.name, self.task.obs_dim, self.task.act_dim, self.cfg)
         self.ensemble.load_state_dict(ckpt["ensemble"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
+        load_optimizer(self.optimizer, ckpt["optimizer"])
         self.state = RunState(0, ckpt["params"], ckpt["adapted"])
         if keep_data and (init / DATA).is_file():
             self.buffer = TransitionBuffer.load(init / DATA, self.task.obs_dim, self.task.act_dim,
