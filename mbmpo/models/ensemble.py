@@ -67,10 +67,14 @@ class DynamicsEnsemble(nn.Module):
         self.in_norm = Normalizer(obs_dim + act_dim, cfg.min_std)
         self.out_norm = Normalizer(obs_dim, cfg.min_std)
 
+    def matmul_dtype(self, device: torch.device) -> torch.dtype:
+        """The layers' compute dtype on `device` (`model.precision` resolved there, once)."""
+        if device not in self._dtypes:
+            self._dtypes[device] = compute_dtype(self.precision, device)
+        return self._dtypes[device]
+
     def forward(self, x: Tensor) -> Tensor:
-        dtype = self._dtypes.get(x.device)
-        if dtype is None:
-            dtype = self._dtypes[x.device] = compute_dtype(self.precision, x.device)
+        dtype = self.matmul_dtype(x.device)
         if dtype == torch.float32:
             return self._layers(x)
         with torch.autocast(x.device.type, dtype=dtype):
@@ -100,7 +104,7 @@ class DynamicsEnsemble(nn.Module):
             for layer in layers:
                 layer.cached = None
                 weight = layer.weight()  # cast once here, not by autocast at every pass
-                layer.cached = weight.to(compute_dtype(self.precision, weight.device))
+                layer.cached = weight.to(self.matmul_dtype(weight.device))
         try:
             yield
         finally:
