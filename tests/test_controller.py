@@ -290,6 +290,25 @@ def test_a_driver_slower_than_the_control_rate_is_named_once_and_empty_ticks_are
     assert status["state_rate_hz"] == pytest.approx(25.0) and 95 <= status["ticks_without_state"] <= 101, status
 
 
+def test_missed_periods_count_commands_the_robot_went_without(pendulum_bundle: Path) -> None:
+    """Timer: a late tick that finds a state waiting misses periods; a late one with nothing to act on (before
+    the first state) does not. On states: a gap between states outside a reset misses periods."""
+    timer = make_controller(pendulum_bundle, reset="none", trigger="timer")
+    p = timer.period
+    timer.on_tick(100.0)
+    timer.on_tick(100.0 + 5 * p)  # late, but no state has come yet: no command was held back
+    assert timer.counts["missed_periods"] == 0 and timer.counts["ticks_without_state"] == 2
+    timer.on_state(NAMES, [0.0, 0.01], [0.0, 0.0], 1, 100.0 + 8.5 * p)
+    timer.on_tick(100.0 + 9 * p)  # 4 periods after the last tick, a state waiting: 3 missed
+    assert timer.counts["missed_periods"] == 3
+    states = make_controller(pendulum_bundle, reset="none")
+    now, stamp = 100.0, 0
+    for gap in [1.0] * 40 + [4.0, 1.0, 1.0]:  # at the control rate, then one state 4 periods late
+        now, stamp = now + gap * p, stamp + 1
+        states.on_state(NAMES, [0.0, 0.01], [0.0, 0.0], stamp, now)
+    assert states.trigger == "state" and states.counts["missed_periods"] == 3
+
+
 def test_a_driver_at_the_control_rate_is_acted_on_as_each_state_arrives(pendulum_bundle: Path) -> None:
     said: list[str] = []
     c = Controller(ControllerSettings(mode="deploy", reset="none"), Worker(), log=lambda level, m: said.append(m))

@@ -130,9 +130,12 @@ def test_deploy_mode_adapts_online_and_swaps_at_episode_boundaries(tmp_path: Pat
         assert last["return_after_adaptation"] == pytest.approx(last["mean_return"]["meta+adapted"]), last
         assert last["adaptations_refused"] == 0
         # precise timing is a benchmark's business (benchmarks/ros_latency.py); the stated bound here, loose
-        # enough for a loaded CI machine: the adaptation and the swaps cost at most 10% of the control periods
-        # (measured: 0-1 missed of ~3,000 with the machine's 2 cores fully loaded by other jobs)
-        assert last["transitions"] > 0 and last["missed_periods"] <= 0.1 * max(last["ticks"], 1), last
+        # enough for a loaded CI machine: the adaptation and the swaps cost at most 10% of the control periods,
+        # counted on the timer and, once acting on states, between states (0-1 missed of ~3,000 with the
+        # machine's 2 cores loaded by other jobs; a CI run once counted 8 of the 38 timer ticks before the node
+        # acted on states as late: late ticks with no state waiting no longer count, nothing was held back)
+        assert last["transitions"] > 0, last
+        assert last["missed_periods"] <= 0.1 * (last["transitions"] + last["missed_periods"]), last
         assert last["trigger"] == "state", last  # the sim streams at the control rate: event-driven
         assert last["latency_ms_p50"] is not None, last
     finally:

@@ -172,6 +172,7 @@ class Controller:
         self.event_driven = settings.trigger == "state"  # act on each state as it arrives (else on the timer)
         self.last_stamp: int | None = None
         self.last_tick: float | None = None
+        self.last_arrival: float | None = None  # the last state's arrival outside a reset (event-driven misses)
         # logs and reads the clock through the controller: an owner (or a test) may set `log`, `clock_ns` later
         self.resets = ResetCycle(settings.reset, settings.lockstep, self.counts,
                                  lambda level, message: self.log(level, message), lambda: self.clock_ns())
@@ -211,8 +212,9 @@ class Controller:
         return self._prepare(meta)
 
     def _prepare(self, meta: Policy) -> Policy:
-        """Build every session the control loop will use (explore: all K exploration policies)."""
-        return meta.warm() if self.settings.mode == "explore" else meta
+        """Build and prime every session the control loop will use (explore: all K exploration policies;
+        deploy: the meta-policy), so that no first run allocates on the control path."""
+        return meta.warm() if self.settings.mode == "explore" else meta.prime()
 
     def install(self, meta: Policy) -> None:
         """Make a verified, warmed bundle current: contract, limits, period; it acts from the next episode."""
@@ -309,8 +311,12 @@ class Controller:
         self.watchdog.feed(now)
         if self.resets.phase is None:
             self.rate.feed(now)
+            if self.event_driven:  # acting on states: a gap between them is periods without a command
+                self._count_missed(self.last_arrival, now)
+            self.last_arrival = now
         else:  # a driver may publish extra states while it resets: not its streaming rate
             self.rate.gap()
+            self.last_arrival = None
         mismatch = None if self.settings.lockstep else self.rate.mismatch(self.period)
         if mismatch:
             self.log("warning", mismatch)
@@ -342,21 +348,28 @@ class Controller:
     def trigger(self) -> str:
         return "lockstep" if self.settings.lockstep else "state" if self.event_driven else "timer"
 
+    def _count_missed(self, since: float | None, now: float) -> None:
+        """Count the control periods missed between two controls `since` and `now` (s) more than 1.5
+        periods apart: periods the robot went without a fresh command."""
+        if since is not None and self.period:
+            late = (now - since) / self.period - 1.0
+            if late > 0.5:
+                self.counts["missed_periods"] += int(round(late))
+
     def on_tick(self, now: float) -> Decision | None:
-        """Timer control: act on the newest fresh state. A tick later than 1.5 periods counts the periods
-        it missed (`ticks` is the denominator of the miss rate). Nothing while acting on states."""
+        """Timer control: act on the newest fresh state. A tick later than 1.5 periods that finds a state
+        waiting counts the periods it missed (`ticks` is the denominator of the timer's miss rate; a late tick
+        with nothing to act on, as before the robot's first state, kept no command back). Nothing while
+        acting on states."""
         if self.event_driven:
             self.last_tick = None
             return None
         self.counts["ticks"] += 1
-        if self.last_tick is not None and self.period:
-            late = (now - self.last_tick) / self.period - 1.0
-            if late > 0.5:
-                self.counts["missed_periods"] += int(round(late))
-        self.last_tick = now
+        since, self.last_tick = self.last_tick, now
         if self.latest is None or self.watchdog.stale(now):
             self.counts["ticks_without_state"] += 1
             return None
+        self._count_missed(since, now)
         obs, self.latest = self.latest, None
         return self.control(obs, now)
 
@@ -514,9 +527,10 @@ class Controller:
         def job() -> tuple[Policy, float]:
             t0 = time.perf_counter()
             if self.settings.adapt_through == "models":
-                return (policy.adapt_in_models(episodes, steps=steps, max_kl=max_kl, rng=rng, kl=kl),
-                        time.perf_counter() - t0)
-            return policy.adapt(episodes, max_kl=max_kl, kl=kl, steps=steps), time.perf_counter() - t0
+                adapted = policy.adapt_in_models(episodes, steps=steps, max_kl=max_kl, rng=rng, kl=kl)
+            else:
+                adapted = policy.adapt(episodes, max_kl=max_kl, kl=kl, steps=steps)
+            return adapted.prime(), time.perf_counter() - t0  # primed here: the swap allocates nothing
 
         self.adapting = True
         self.worker.submit("adapt", job, context=online)

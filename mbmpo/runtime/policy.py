@@ -97,12 +97,17 @@ class Policy:
     def meta(self) -> Policy:
         return Policy(self.bundle, self.bundle.meta_params, "meta")
 
+    def prime(self) -> Policy:
+        """Run this policy's session once (ONNX Runtime's first run allocates): call before it acts, off the
+        control path."""
+        self.session.run(None, {"obs": np.zeros((1, self.bundle.obs_dim), np.float32)})
+        return self
+
     def warm(self) -> Policy:
-        """Build every exploration policy's session now and run it once (ONNX Runtime's first run allocates):
-        call before the control loop starts, or off it."""
-        probe = np.zeros((1, self.bundle.obs_dim), np.float32)
+        """Build every exploration policy's session now and prime each, and this one: call before the control
+        loop starts, or off it."""
         for policy in [self, *(self.exploration(k) for k in range(self.manifest["n_explore"]))]:
-            policy.session.run(None, {"obs": probe})
+            policy.prime()
         return self
 
     def advantages(self, episodes: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> np.ndarray:
