@@ -45,12 +45,15 @@ class ModelConfig:
     buffer_size: int = 100_000  # transitions kept (oldest dropped first)
     min_std: float = 1e-6  # floor of the standardisation std (paper: + 1e-10)
     precision: str = "fp32"  # fp32 | bf16 | auto (bf16 where the device computes it natively, else fp32)
+    imagine_precision: str = ""  # the imagination's matmuls when they differ from the fit's: fp32 | bf16 | auto
 
     def __post_init__(self) -> None:
         _check(self.ensemble_size >= 1, "model.ensemble_size must be >= 1")
         _check(all(h >= 1 for h in self.hidden), "model.hidden widths must be >= 1")
         _check(self.activation in ACTIVATIONS, f"model.activation must be one of {ACTIVATIONS}")
         _check(self.precision in PRECISIONS, f"model.precision must be one of {PRECISIONS}, got {self.precision!r}")
+        _check(self.imagine_precision in ("", *PRECISIONS),
+               f"model.imagine_precision must be one of {PRECISIONS} (or unset), got {self.imagine_precision!r}")
         _check(0.0 < self.valid_fraction < 1.0, "model.valid_fraction must be in (0, 1)")
         _check(0.0 <= self.persistency < 1.0, "model.persistency must be in [0, 1)")
         _check(self.batch_size >= 1 and self.max_epochs >= 0 and self.max_steps >= 0,

@@ -27,6 +27,7 @@ BAD_CONFIGS = [  # (YAML, the error it must give)
     ("deploy:\n  adapt_through: magic\n", "deploy.adapt_through must be one of episodes, models, got 'magic'"),
     ("deploy:\n  adapt_rounds: 0\n", "deploy.adapt_episodes, adapt_steps and adapt_rounds must be >= 1"),
     ("model:\n  precision: fp16\n", "model.precision must be one of \\('fp32', 'bf16', 'auto'\\), got 'fp16'"),
+    ("model:\n  imagine_precision: half\n", "model.imagine_precision must be one of .*got 'half'"),
     ("modle: {}\n", "unknown section"),
 ]
 

@@ -187,6 +187,19 @@ def test_bf16_layers_keep_float32_weights_gradients_and_outputs_and_agree_with_f
         assert torch.equal(half.predict(obs, act), expected)  # cast once or by autocast: the same numbers
 
 
+def test_the_imagination_may_multiply_in_another_precision_than_the_fit() -> None:
+    torch.manual_seed(3)
+    full = DynamicsEnsemble(4, 2, CFG)
+    split = DynamicsEnsemble(4, 2, dataclasses.replace(BF16, imagine_precision="fp32"))  # bf16 fit, fp32 imagination
+    split.load_state_dict(full.state_dict())
+    obs, act = torch.randn(3, 5, 4), torch.randn(3, 5, 2)
+    assert not torch.equal(split.predict(obs, act), full.predict(obs, act))  # outside the imagination: bf16
+    with split.frozen_weights(), full.frozen_weights():
+        assert split.layers[0].cached is not None and split.layers[0].cached.dtype == torch.float32
+        assert torch.equal(split.predict(obs, act), full.predict(obs, act))  # inside: fp32, the same numbers
+    assert not torch.equal(split.predict(obs, act), full.predict(obs, act))  # and bf16 again after it
+
+
 def test_a_bf16_fit_learns_linear_dynamics_as_well_as_fp32() -> None:
     torch.manual_seed(1)
     obs, act = torch.randn(1000, 4), torch.randn(1000, 2)

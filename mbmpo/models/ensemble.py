@@ -63,18 +63,22 @@ class DynamicsEnsemble(nn.Module):
         self.activation: Callable[[Tensor], Tensor] = _ACT[cfg.activation]
         self.activation_name = cfg.activation  # the runtime's models name it (mbmpo.runtime.models)
         self.precision = cfg.precision
-        self._dtypes: dict[torch.device, torch.dtype] = {}  # compute dtype per device, resolved once
+        self.imagine_precision = cfg.imagine_precision or cfg.precision
+        self._dtypes: dict[tuple[torch.device, bool], torch.dtype] = {}  # per (device, imagining), resolved once
+        self._imagining = False  # inside `frozen_weights`: the imagination's precision applies
         self.in_norm = Normalizer(obs_dim + act_dim, cfg.min_std)
         self.out_norm = Normalizer(obs_dim, cfg.min_std)
 
-    def matmul_dtype(self, device: torch.device) -> torch.dtype:
-        """The layers' compute dtype on `device` (`model.precision` resolved there, once)."""
-        if device not in self._dtypes:
-            self._dtypes[device] = compute_dtype(self.precision, device)
-        return self._dtypes[device]
+    def matmul_dtype(self, device: torch.device, imagining: bool = False) -> torch.dtype:
+        """The layers' compute dtype on `device` (`model.precision`, or `imagine_precision` for the
+        imagination, resolved there once)."""
+        key = (device, imagining)
+        if key not in self._dtypes:
+            self._dtypes[key] = compute_dtype(self.imagine_precision if imagining else self.precision, device)
+        return self._dtypes[key]
 
     def forward(self, x: Tensor) -> Tensor:
-        dtype = self.matmul_dtype(x.device)
+        dtype = self.matmul_dtype(x.device, self._imagining)
         if dtype == torch.float32:
             return self._layers(x)
         with torch.autocast(x.device.type, dtype=dtype):
@@ -104,10 +108,12 @@ class DynamicsEnsemble(nn.Module):
             for layer in layers:
                 layer.cached = None
                 weight = layer.weight()  # cast once here, not by autocast at every pass
-                layer.cached = weight.to(self.matmul_dtype(weight.device))
+                layer.cached = weight.to(self.matmul_dtype(weight.device, imagining=True))
+        self._imagining = True
         try:
             yield
         finally:
+            self._imagining = False
             for layer in layers:
                 layer.cached = None
 
