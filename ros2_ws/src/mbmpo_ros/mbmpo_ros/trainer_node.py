@@ -194,9 +194,11 @@ class TrainerNode(Node):
             k: v.clone() for k, v in stack_params(state.params, self.trainer.n_tasks).items()}
         tmp = self.out / "policy.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
+        recorded = self.trainer.buffer.obs
+        # the bundle sent before any data has no models: untrained, and no recorded states to bound them with
         manifest = export_policy(state.params, adapted, self.task, dataclasses.asdict(self.cfg.meta), state.iteration,
-                                 self.trainer.buffer.total_steps, tmp, models=self.trainer.ensemble,
-                                 recorded_obs=self.trainer.buffer.obs,
+                                 self.trainer.buffer.total_steps, tmp,
+                                 models=self.trainer.ensemble if len(recorded) else None, recorded_obs=recorded,
                                  deploy_cfg=dataclasses.asdict(self.cfg.deploy))  # deployable as is
         final = self.out / "policy"
         old = self.out / "policy.old"
