@@ -10,7 +10,11 @@ Side by side in one process, each repeat timing fp32 then bf16 (so that a shared
   achieved GFLOP/s (3x the forward's matmul FLOPs) as a share of the same dtype's matmul figure;
 - one imagination pass of the preset (20 tasks x 20 rollouts x 200 steps, policy included);
 - with `--data`: `--steps` fit steps on the first `--transitions` of a run's transitions from one
-  initialisation per precision, and each member's validation loss after them (normalised MSE).
+  initialisation per precision, and each member's validation loss after them (normalised MSE);
+- with `--run`: that run's trained ensemble and meta-policy (its checkpoint) imagined in each precision from the
+  same recorded start states and random stream (20 rollouts per task, as training does, states bounded as the
+  preset bounds them): the mean imagined return per member and overall, and how far the two precisions'
+  trajectories drift apart (mean |state difference| at steps 1, 10, 50 and the last).
 Torch runs on `--threads` threads (default 1, as training does). Reports medians, the fp32 / bf16 ratios and the
 load of other processes (0: idle, 1: every core busy) while it ran. `--record` adds
 `ensemble_fit_step_bf16_speedup` and `imagination_bf16_speedup` to benchmarks/results.json.
@@ -19,6 +23,7 @@ load of other processes (0: idle, 1: every core busy) while it ran. `--record` a
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 import time
@@ -28,13 +33,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mbmpo.config import ModelConfig
+from mbmpo.config import ModelConfig, config_from_dict
 from mbmpo.device import native_bf16
 from mbmpo.models.ensemble import DynamicsEnsemble
 from mbmpo.models.training import fit_ensemble
 from mbmpo.policy.gaussian import init_params
-from mbmpo.rollouts.imagine import imagine
+from mbmpo.rollouts.imagine import imagine, state_bounds
 from mbmpo.tasks import get_task
+from mbmpo.train.checkpoint import load_checkpoint
+from mbmpo.types import Trajectories
 from results import record  # noqa: E402
 from throughput import LoadMeter, forward_flops  # noqa: E402
 
@@ -116,6 +123,44 @@ def fit_on_data(path: Path, transitions: int, steps: int) -> dict[str, tuple[flo
     return out
 
 
+def imagined_in_both(run: Path, rollouts: int = 20) -> dict[str, Trajectories]:
+    """A run's checkpointed ensemble and meta-policy imagined in each precision: the same start states (drawn
+    from its data.npz), the same random stream. Per precision, trajectories T x N x H (T = members x
+    tasks_per_model)."""
+    state = load_checkpoint(run)
+    cfg = config_from_dict(state["config"], f"{run}/checkpoint.pt")
+    task = get_task(state["task"])
+    obs = torch.as_tensor(np.load(run / "data.npz")["obs"], dtype=torch.float32)
+    tasks = cfg.model.ensemble_size * cfg.meta.tasks_per_model
+    pick = torch.randint(0, obs.shape[0], (tasks * rollouts,), generator=torch.Generator().manual_seed(3))
+    start = obs[pick].reshape(tasks, rollouts, -1)
+    bounds = state_bounds(obs, cfg.meta.state_bounds) if cfg.meta.state_bounds > 0 else None
+    out = {}
+    for precision in PRECISIONS:
+        ens = DynamicsEnsemble(task.obs_dim, task.act_dim, dataclasses.replace(cfg.model, precision=precision,
+                                                                               imagine_precision=""))
+        ens.load_state_dict(state["ensemble"])
+        out[precision] = imagine(ens, state["params"], start, cfg.meta.horizon or task.horizon, task, cfg.meta.clip_obs,
+                                 torch.Generator().manual_seed(1), bounds)
+    return out
+
+
+def report_imagined(run: Path) -> None:
+    """Print `imagined_in_both`: mean return per member and overall, the trajectories' drift."""
+    trajs = imagined_in_both(run)
+    members = load_checkpoint(run)["config"]["model"]["ensemble_size"]
+    for precision, t in trajs.items():
+        ret = t.rew.sum(-1).mean(-1).reshape(members, -1).mean(-1)  # T x N x H -> E
+        print(f"| imagined return of {run}'s meta-policy in its models, {precision}: per member | "
+              + ", ".join(f"{float(r):.1f}" for r in ret) + f" | mean {float(ret.mean()):.1f} |")
+    a, b = trajs["fp32"].obs, trajs["bf16"].obs
+    last = a.shape[2] - 1
+    drift = ", ".join(f"step {k}: {float((a[:, :, k] - b[:, :, k]).abs().mean()):.3g}" for k in (1, 10, 50, last)
+                      if k <= last)
+    print(f"| fp32 - bf16 trajectories, mean abs state difference (mean abs state {float(a.abs().mean()):.3g}) | "
+          f"{drift} | |")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=1)
@@ -123,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", type=Path, help="a run's data.npz: also fit on its transitions")
     p.add_argument("--transitions", type=int, default=40_000)
     p.add_argument("--steps", type=int, default=1000, help="fit steps on --data (the preset caps a fit at 2,000)")
+    p.add_argument("--run", type=Path, help="a run folder: imagine its trained models and policy in both precisions")
     p.add_argument("--record", action="store_true")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -154,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{res['fp32'][0]:.1f} | {res['bf16'][0]:.1f} | {res['fp32'][0] / res['bf16'][0]:.2f} |")
         print("| its validation loss per member | " + " | ".join(
             ", ".join(f"{v:.4f}" for v in res[k][1]) for k in PRECISIONS) + " | |")
+    if args.run:
+        report_imagined(args.run)
     load = meter.others()
     print(f"load of other processes while it ran: {load:.2f} of all cores")
     if args.record:

@@ -190,15 +190,26 @@ def test_seeds_records_each_seed_and_aggregates_only_over_several(tmp_path: Path
     assert mbmpo_curve(kept) == mbmpo_curve(runs[1]) and len(mbmpo_curve(kept)) >= 1
 
 
-def test_precision_times_both_dtypes_side_by_side_and_fits_a_runs_data(tmp_path: Path,
-                                                                         capsys: pytest.CaptureFixture) -> None:
+def test_precision_times_both_dtypes_side_by_side_fits_a_runs_data_and_imagines_its_models(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from mbmpo.cli import main as cli
     from precision import main
 
     rng = np.random.default_rng(0)
     obs, act = rng.normal(size=(600, 17)).astype(np.float32), rng.normal(size=(600, 6)).astype(np.float32)
     np.savez(tmp_path / "data.npz", obs=obs, act=act, next_obs=obs + 0.1 * act @ rng.normal(size=(6, 17)))
-    assert main(["--repeats", "1", "--data", str(tmp_path / "data.npz"), "--transitions", "600", "--steps", "3"]) == 0
+    run = tmp_path / "run"
+    tiny = Path(__file__).resolve().parent / "configs" / "tiny.yaml"
+    assert cli(["train", "--task", "InvertedPendulum-v5", "--steps", "100", "--out", str(run), "--config", str(tiny),
+                "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["--repeats", "1", "--data", str(tmp_path / "data.npz"), "--transitions", "600", "--steps", "3",
+                 "--run", str(run)]) == 0
     out = capsys.readouterr().out
     assert "| fit step, ms |" in out and "| imagination pass 20 x 20 x 200, s |" in out, out
     losses = out.split("| its validation loss per member | ")[1].split(" | ")[:2]
     assert all(0 < float(v) < 10 for member in losses for v in member.split(", ")), out
+    for precision in ("fp32", "bf16"):  # one imagined return per member of the tiny run's 2, each a pendulum's
+        line = out.split(f"models, {precision}: per member | ")[1].split(" | ")[0]
+        assert len(line.split(", ")) == 2 and all(0 < float(v) <= 200 for v in line.split(", ")), out
+    assert "mean abs state difference" in out and "step 1:" in out, out
