@@ -71,6 +71,10 @@ def run_graph(task: str, steps: int, seed: int, threshold: float, out: Path, mod
                        cwd=ROOT, env=env, capture_output=True, text=True)
     wall = time.monotonic() - t0
     (out / "bringup.log").write_text(r.stdout + r.stderr)
+    if not (out / "bundles.csv").is_file():
+        errors = [line for line in (r.stdout + r.stderr).splitlines() if "error" in line.lower()]
+        raise SystemExit(f"{mode} graph (robots {robots}): no bundle was trained (bringup exit {r.returncode}): "
+                         f"{errors[-1] if errors else 'no error line'}; see {out / 'bringup.log'}")
     final = read_report(out / "reports" / ("robot_0/policy_node.json" if robots > 1 else "policy_node.json"))
     with open(out / "bundles.csv") as f:
         bundles = [float(b["data_to_bundle_s"]) for b in csv.DictReader(f)]
