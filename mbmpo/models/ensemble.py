@@ -3,7 +3,8 @@
 Each member predicts the standardised change of state, delta = s' - s, from standardised (s, a).
 Layers use weight normalisation: W[e, :, j] = g[e, j] * v[e, :, j] / ||v[e, :, j]||.
 With `model.precision` bf16 (or auto on hardware that has it) the layers multiply in bfloat16 under autocast;
-weights, gradients, the optimiser and every output stay float32.
+weights, gradients, the optimiser and every output stay float32. `model.imagine_precision`, when set, applies
+inside `frozen_weights` (the imagination) instead.
 """
 
 from __future__ import annotations
