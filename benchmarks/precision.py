@@ -123,10 +123,10 @@ def fit_on_data(path: Path, transitions: int, steps: int) -> dict[str, tuple[flo
     return out
 
 
-def imagined_in_both(run: Path, rollouts: int = 20) -> dict[str, Trajectories]:
+def imagined_in_both(run: Path, rollouts: int = 20) -> tuple[int, dict[str, Trajectories]]:
     """A run's checkpointed ensemble and meta-policy imagined in each precision: the same start states (drawn
-    from its data.npz), the same random stream. Per precision, trajectories T x N x H (T = members x
-    tasks_per_model)."""
+    from its data.npz), the same random stream. The ensemble's members E and, per precision, trajectories
+    T x N x H (T = E x tasks_per_model)."""
     state = load_checkpoint(run)
     cfg = config_from_dict(state["config"], f"{run}/checkpoint.pt")
     task = get_task(state["task"])
@@ -142,13 +142,12 @@ def imagined_in_both(run: Path, rollouts: int = 20) -> dict[str, Trajectories]:
         ens.load_state_dict(state["ensemble"])
         out[precision] = imagine(ens, state["params"], start, cfg.meta.horizon or task.horizon, task, cfg.meta.clip_obs,
                                  torch.Generator().manual_seed(1), bounds)
-    return out
+    return cfg.model.ensemble_size, out
 
 
 def report_imagined(run: Path) -> None:
     """Print `imagined_in_both`: mean return per member and overall, the trajectories' drift."""
-    trajs = imagined_in_both(run)
-    members = load_checkpoint(run)["config"]["model"]["ensemble_size"]
+    members, trajs = imagined_in_both(run)
     for precision, t in trajs.items():
         ret = t.rew.sum(-1).mean(-1).reshape(members, -1).mean(-1)  # T x N x H -> E
         print(f"| imagined return of {run}'s meta-policy in its models, {precision}: per member | "
