@@ -4,7 +4,7 @@
     python benchmarks/graph_modes.py --task HalfCheetah-v5 --steps 100000 --threshold 300 \
         --modes sync fast fast:4 --speedup 4 --batch 10 --seconds 9000      # does a fleet pay? (issue 13)
 
-Three runs of the same task, preset and seed:
+Three runs of the same task, preset (`--config`, default the task's) and seed:
 - `sync`: `mbmpo train`, the library's loop (collect with the adapted policies, fit, meta-optimise, repeat);
   the robot waits while the model trains.
 - `lockstep`: `mbmpo-bringup train sim:=mujoco sim_mode:=lockstep`: the ROS graph; the simulator steps on each
@@ -49,25 +49,25 @@ def progress(run: Path) -> list[Row]:
     return [(r.real_steps, r.return_pre, r.wall_s) for r in read_progress(run)]
 
 
-def run_sync(task: str, steps: int, seed: int, threshold: float, out: Path, robot_dt: float) -> dict:
+def run_sync(task: str, steps: int, seed: int, threshold: float, out: Path, robot_dt: float, config: str) -> dict:
     """`mbmpo train`; `robot_dt` (control period / speedup) adds the robot's time to each row's wall-clock."""
     t0 = time.monotonic()
     subprocess.run([sys.executable, "-m", "mbmpo.cli", "train", "--task", task, "--steps", str(steps), "--seed",
-                    str(seed), "--out", str(out), "--target-return", str(threshold), "--no-progress"],
-                   check=True, cwd=ROOT, capture_output=True)
+                    str(seed), "--out", str(out), "--target-return", str(threshold), "--no-progress"]
+                   + (["--config", config] if config else []), check=True, cwd=ROOT, capture_output=True)
     rows = [(s, r, w + s * robot_dt) for s, r, w in progress(out)]
     return {"rows": rows, "wall_s": time.monotonic() - t0 + (rows[-1][0] * robot_dt if rows else 0.0)}
 
 
 def run_graph(task: str, steps: int, seed: int, threshold: float, out: Path, mode: str, domain: int,
-              seconds: float, robots: int = 1, speedup: float = 1.0, batch: int = 1) -> dict:
+              seconds: float, robots: int = 1, speedup: float = 1.0, batch: int = 1, config: str = "") -> dict:
     env = {**os.environ, "ROS_DOMAIN_ID": str(domain), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
            "PYTHONWARNINGS": "ignore"}
     t0 = time.monotonic()
     r = subprocess.run([sys.executable, "-m", "mbmpo.deploy.bringup", "train", "sim:=mujoco", f"sim_mode:={mode}",
                         f"task:={task}", f"out:={out}", f"steps:={steps}", f"seed:={seed}",
                         f"target_return:={threshold}", f"duration:={seconds:g}", f"robots:={robots}",
-                        f"speedup:={speedup:g}", f"batch:={batch}"],
+                        f"speedup:={speedup:g}", f"batch:={batch}", f"config:={config}"],
                        cwd=ROOT, env=env, capture_output=True, text=True)
     wall = time.monotonic() - t0
     (out / "bringup.log").write_text(r.stdout + r.stderr)
@@ -120,6 +120,7 @@ def main() -> None:
                    "the tests' domains, inside the range ROS 2 keeps clear of ephemeral ports)")
     p.add_argument("--speedup", type=float, default=1.0, help="fast mode: simulated seconds per wall second")
     p.add_argument("--batch", type=int, default=1, help="transitions a message from each policy node")
+    p.add_argument("--config", default="", help="training preset YAML of every run (default: config/<task>.yaml)")
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "graph_modes")
     p.add_argument("--no-record", action="store_true")
     args = p.parse_args()
@@ -136,10 +137,10 @@ def main() -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
         if mode == "sync":
             runs[spec] = run_sync(args.task, args.steps, args.seed, args.threshold, out,
-                                  get_task(args.task).dt / args.speedup)
+                                  get_task(args.task).dt / args.speedup, args.config)
         else:
             runs[spec] = run_graph(args.task, args.steps, args.seed, args.threshold, out, mode, args.domain + i,
-                                   args.seconds, int(robots or 1), args.speedup, args.batch)
+                                   args.seconds, int(robots or 1), args.speedup, args.batch, args.config)
         print(f"{spec}: {len(runs[spec]['rows'])} iterations, {runs[spec]['wall_s']:.0f} s", flush=True)
     PLOTS.mkdir(parents=True, exist_ok=True)
     plot(args.task, runs, args.threshold, PLOTS / f"{args.task}_graph_modes.png")
