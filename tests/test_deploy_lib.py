@@ -280,6 +280,21 @@ def test_the_deploy_summary_shows_the_return_before_and_after_adaptation(tmp_pat
     assert "no policy node report" in deploy_summary(tmp_path / "missing.json")
 
 
+def test_the_train_graph_gives_the_trainer_its_threads_and_names_a_bad_number() -> None:
+    assert train_graph({})[-1].parameters["threads"] == 1  # the robot-side nodes keep the other cores
+    assert train_graph({"threads": "8"})[-1].parameters["threads"] == 8
+    for bad, said in [({"threads": "0"}, "threads:=0: must be at least 1"),
+                      ({"threads": "two"}, "threads:=two is not an integer"),
+                      ({"steps": "1e5"}, "steps:=1e5 is not an integer"),
+                      ({"seed": "-1"}, "seed:=-1: must be at least 0"),
+                      ({"batch": "0"}, "batch:=0: must be at least 1"),
+                      ({"target_return": "high"}, "target_return:=high is not a number"),
+                      ({"sim_mode": "fast", "speedup": "0"}, "speedup:=0: must be a finite positive number"),
+                      ({"speedup": "nan"}, "speedup:=nan: must be a finite positive number")]:
+        with pytest.raises(ValueError, match=said):
+            train_graph(bad)
+
+
 def test_a_fleet_graph_has_a_sim_and_a_policy_node_per_robot_and_one_data_node_and_trainer() -> None:
     specs = train_graph({"sim": "mujoco", "robots": "3", "seed": "5", "perturb": "mass=1.2||mass=0.8", "out": "o"})
     assert [s.key for s in specs] == ["robot_0/sim_node", "robot_0/policy_node", "robot_1/sim_node",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,8 @@ TRAIN_ARGUMENTS: dict[str, tuple[str, str]] = {
     "keep_init_data": ("false", "with init: also train on that run's transitions (true | false)"),
     "device": ("", "torch device of the trainer's fit and meta-optimisation: cpu | cuda | cuda:N | auto "
                    "('' = the config's device, cpu by default)"),
+    "threads": ("1", "torch CPU threads of the trainer: 1 leaves the other cores to the robot-side nodes; a "
+                     "workstation training a fleet: its free cores"),
     "sim_mode": ("lockstep", "sim timing: lockstep (steps on each command), realtime, or fast"),
     "speedup": ("1.0", "sim_mode fast: simulated seconds per wall second"),
     "perturb": ("", "sim physics scales, e.g. mass=1.3,friction=0.6; per robot of a fleet: 'mass=1.2|mass=0.9|'"),
@@ -126,6 +129,28 @@ def _flag(a: dict[str, str], name: str) -> bool:
     return value == "true"
 
 
+def _integer(a: dict[str, str], name: str, minimum: int) -> int:
+    """An integer launch argument, with the argument named in the error."""
+    try:
+        value = int(a[name].strip())
+    except ValueError:
+        raise ValueError(f"{name}:={a[name]} is not an integer") from None
+    if value < minimum:
+        raise ValueError(f"{name}:={a[name]}: must be at least {minimum}")
+    return value
+
+
+def _number(a: dict[str, str], name: str, positive: bool = False) -> float:
+    """A finite number launch argument, with the argument named in the error."""
+    try:
+        value = float(a.get(name, "1.0").strip())
+    except ValueError:
+        raise ValueError(f"{name}:={a[name]} is not a number") from None
+    if not math.isfinite(value) or (positive and value <= 0):
+        raise ValueError(f"{name}:={a[name]}: must be a finite{' positive' if positive else ''} number")
+    return value
+
+
 def _device(a: dict[str, str]) -> str:
     """The trainer's `device` ('' leaves the config's); whether the machine has that GPU, the trainer checks."""
     if a["device"] and not is_device_name(a["device"]):
@@ -163,9 +188,10 @@ def _sim(a: dict[str, str], namespace: str = "", index: int = 0, perturb: str | 
         return []
     if a["sim"] != "mujoco":
         raise ValueError(f"sim:={a['sim']} is not one of mujoco, none")
+    seed = _integer(a, "seed", 0) if "seed" in a else 0  # the deploy graph has no seed
     return [NodeSpec("sim_node", "sim_node",
-                     {"task": a["task"], "mode": a["sim_mode"], "speedup": float(a.get("speedup", "1.0")),
-                      "perturb": a["perturb"] if perturb is None else perturb, "seed": int(a.get("seed", "0")) + index},
+                     {"task": a["task"], "mode": a["sim_mode"], "speedup": _number(a, "speedup", positive=True),
+                      "perturb": a["perturb"] if perturb is None else perturb, "seed": seed + index},
                      _robot_io(a), namespace=namespace)]
 
 
@@ -187,16 +213,17 @@ def train_graph(args: dict[str, str]) -> list[NodeSpec]:
             "policy_node", "policy_node",
             {"mode": "explore", "bundle": "", "task": a["task"], "lockstep": lockstep, **_reset(a),
              "wait_for_recorder": True, "report": report, "robot": robot, "explore_offset": i,
-             "seed": int(a["seed"]) + i, "batch": int(a["batch"]),
-             "speedup": float(a["speedup"]) if a["sim"] == "mujoco" and a["sim_mode"] == "fast" else 1.0},
+             "seed": _integer(a, "seed", 0) + i, "batch": _integer(a, "batch", 1),
+             "speedup": _number(a, "speedup", positive=True) if a["sim"] == "mujoco" and a["sim_mode"] == "fast" else 1.0},
             _robot_io(a) + to_fleet, namespace=robot)]
     return nodes + [
         NodeSpec("data_node", "data_node", {"task": a["task"], "bag_dir": f"{out}/bag",
                                             "report": f"{out}/reports/data_node.json"}),
         NodeSpec("trainer_node", "trainer_node",
-                 {"task": a["task"], "config": a["config"], "out": out, "seed": int(a["seed"]),
-                  "steps": int(a["steps"]), "target_return": float(a["target_return"]), "init": a["init"],
-                  "keep_init_data": _flag(a, "keep_init_data"), "device": _device(a)}, ends_graph=True),
+                 {"task": a["task"], "config": a["config"], "out": out, "seed": _integer(a, "seed", 0),
+                  "steps": _integer(a, "steps", 1), "target_return": _number(a, "target_return"), "init": a["init"],
+                  "keep_init_data": _flag(a, "keep_init_data"), "device": _device(a),
+                  "threads": _integer(a, "threads", 1)}, ends_graph=True),
     ]
 
 
