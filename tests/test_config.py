@@ -18,6 +18,19 @@ def test_every_registered_task_has_a_preset_that_loads(name: str) -> None:
     assert name == "InvertedPendulum-v5" or isinstance(load_config(paper), Config)
 
 
+SHIPPED = sorted((Path(__file__).resolve().parent.parent / "config").rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_shipped_config_loads(path: Path) -> None:
+    """Presets, the published settings, the size presets and the screens a note tells users to run."""
+    assert isinstance(load_config(path), Config)
+
+
+def test_the_shipped_configs_include_the_screens() -> None:
+    assert {p.parent.name for p in SHIPPED} >= {"config", "paper", "presets", "screens"}
+
+
 BAD_CONFIGS = [  # (YAML, the error it must give)
     ("model:\n  hidden: [64, 64\n", r"malformed YAML in .*c.yaml line"),
     ("model:\n  hiden: [64]\n", r"unknown key\(s\) \['hiden'\] in section 'model'"),
