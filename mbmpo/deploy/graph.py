@@ -143,7 +143,7 @@ def _integer(a: dict[str, str], name: str, minimum: int) -> int:
 def _number(a: dict[str, str], name: str, positive: bool = False) -> float:
     """A finite number launch argument, with the argument named in the error."""
     try:
-        value = float(a.get(name, "1.0").strip())
+        value = float(a[name].strip())
     except ValueError:
         raise ValueError(f"{name}:={a[name]} is not a number") from None
     if not math.isfinite(value) or (positive and value <= 0):
