@@ -21,6 +21,9 @@ in separate calls or sessions (`--ppo-only`) and scored together at the end:
     python benchmarks/sample_efficiency.py --task Walker2d-v5 --seeds 1 --ppo-steps 1000000 --ppo-only
     python benchmarks/sample_efficiency.py --task Walker2d-v5 --threshold 400 --seeds 0 1 2 \
         --ppo-steps 1000000 --mbmpo-run runs/w2d_s0 runs/w2d_s1 runs/w2d_s2
+
+`--ppo-gamma G` gives PPO the discount G (kept as `<task>_g<G>_s<seed>.json`, plotted and recorded with the suffix
+`_gamma<G>`): the like-for-like peer of an MB-MPO preset that changes its discount from 0.99.
 """
 
 from __future__ import annotations
@@ -82,8 +85,10 @@ def evaluate(model, env, episodes: int, seed: int) -> float:
     return float(np.mean(returns))
 
 
-def run_ppo(task: str, seed: int, steps: int, horizon: int, eval_every: int, stop_at: float | None) -> Curve:
-    """SB3 PPO with its defaults; evaluated every `eval_every` steps (rounded up to whole updates)."""
+def run_ppo(task: str, seed: int, steps: int, horizon: int, eval_every: int, stop_at: float | None,
+            gamma: float | None = None) -> Curve:
+    """SB3 PPO with its defaults, but the discount `gamma` where given; evaluated every `eval_every` steps
+    (rounded up to whole updates)."""
     import torch
     from stable_baselines3 import PPO
     from stable_baselines3.common.callbacks import BaseCallback
@@ -108,7 +113,7 @@ def run_ppo(task: str, seed: int, steps: int, horizon: int, eval_every: int, sto
                 self.next_eval = self.num_timesteps + eval_every
                 curve.append((self.num_timesteps, evaluate(self.model, eval_env, 5, 10_000)))
 
-    model = PPO("MlpPolicy", env, seed=seed, device="cpu", verbose=0)
+    model = PPO("MlpPolicy", env, gamma=0.99 if gamma is None else gamma, seed=seed, device="cpu", verbose=0)
     t0 = time.perf_counter()
     model.learn(total_timesteps=steps, callback=Evaluate())
     if not curve or curve[-1][0] < model.num_timesteps:
@@ -118,19 +123,21 @@ def run_ppo(task: str, seed: int, steps: int, horizon: int, eval_every: int, sto
     return curve
 
 
-def ppo_curve(task: str, seed: int, steps: int, eval_every: int, stop_at: float | None, rerun: bool) -> Curve:
-    """A PPO seed's curve to `steps`: the kept one when it reaches that far, else trained now and kept."""
-    path = PPO_CURVES / f"{task}_s{seed}.json"
+def ppo_curve(task: str, seed: int, steps: int, eval_every: int, stop_at: float | None, rerun: bool,
+              gamma: float | None = None) -> Curve:
+    """A PPO seed's curve to `steps`: the kept one when it reaches that far, else trained now and kept (a
+    discount other than SB3's default is kept apart, as `<task>_g<gamma>_s<seed>.json`)."""
+    path = PPO_CURVES / (f"{task}_s{seed}.json" if gamma is None else f"{task}_g{gamma:g}_s{seed}.json")
     if path.exists() and not rerun:
         kept = json.loads(path.read_text())
         curve = [(int(s), float(r)) for s, r in kept["curve"]]
         if curve and curve[-1][0] >= steps:
             print(f"PPO seed {seed}: kept curve {path.relative_to(ROOT)} ({curve[-1][0]} steps, {kept['date']})")
             return [(s, r) for s, r in curve if s <= steps] or curve[:1]
-    curve = run_ppo(task, seed, steps, 200, eval_every, stop_at)
+    curve = run_ppo(task, seed, steps, 200, eval_every, stop_at, gamma)
     if stop_at is None:  # a curve cut at a threshold says nothing about later steps: not kept
         PPO_CURVES.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"task": task, "seed": seed, "eval_every": eval_every,
+        path.write_text(json.dumps({"task": task, "seed": seed, "eval_every": eval_every, "gamma": gamma,
                                     "date": time.strftime("%Y-%m-%d"), "curve": curve}))
     return curve
 
@@ -184,19 +191,23 @@ def main() -> None:
     p.add_argument("--stop-at-threshold", action="store_true", help="stop each run once it reaches the threshold")
     p.add_argument("--ppo-only", action="store_true", help="train and keep the PPO seeds' curves, score nothing")
     p.add_argument("--rerun-ppo", action="store_true", help="train PPO again even where a kept curve reaches far enough")
+    p.add_argument("--ppo-gamma", type=float,
+                   help="PPO's discount (default: SB3's, 0.99); for a task whose MB-MPO preset changes it")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "sample_efficiency")
     p.add_argument("--no-record", action="store_true", help="smoke runs: do not touch results.json")
     args = p.parse_args()
     if args.ppo_only:
         for seed in args.seeds:
-            ppo_curve(args.task, seed, args.ppo_steps, args.eval_every, None, args.rerun_ppo)
+            ppo_curve(args.task, seed, args.ppo_steps, args.eval_every, None, args.rerun_ppo, args.ppo_gamma)
         return
     if args.threshold is None:
         p.error("--threshold is required unless --ppo-only")
 
     stop_at = args.threshold if args.stop_at_threshold else None
-    curves: dict[str, list[Curve]] = {"MB-MPO": [], "PPO (SB3 defaults)": []}
+    ppo = "PPO (SB3 defaults)" if args.ppo_gamma is None else f"PPO (SB3 defaults, gamma {args.ppo_gamma:g})"
+    tag = "" if args.ppo_gamma is None else f"_gamma{args.ppo_gamma:g}"  # names the plot and the records apart
+    curves: dict[str, list[Curve]] = {"MB-MPO": [], ppo: []}
     if args.mbmpo_run:
         curves["MB-MPO"] = [mbmpo_curve(run) for run in args.mbmpo_run]
     else:
@@ -204,13 +215,13 @@ def main() -> None:
             out = args.work / f"{args.task}_mbmpo_s{seed}"
             curves["MB-MPO"].append(run_mbmpo(args.task, seed, args.mbmpo_steps, out, args.mbmpo_config,
                                               args.threads, stop_at))
-    stem = PLOTS / f"{args.task}_sample_efficiency"
-    curves["PPO (SB3 defaults)"] = [ppo_curve(args.task, seed, args.ppo_steps, args.eval_every, stop_at,
-                                              args.rerun_ppo) for seed in args.seeds]
+    png, curves_json = (PLOTS / f"{args.task}_sample_efficiency{tag}.{ext}" for ext in ("png", "json"))
+    curves[ppo] = [ppo_curve(args.task, seed, args.ppo_steps, args.eval_every, stop_at, args.rerun_ppo,
+                             args.ppo_gamma) for seed in args.seeds]
     PLOTS.mkdir(parents=True, exist_ok=True)
-    plot(args.task, curves, args.threshold, stem.with_suffix(".png"))
+    plot(args.task, curves, args.threshold, png)
     reached = {m: [steps_to(c, args.threshold) for c in runs] for m, runs in curves.items()}
-    stem.with_suffix(".json").write_text(json.dumps({"threshold": args.threshold, "curves": curves,
+    curves_json.write_text(json.dumps({"threshold": args.threshold, "curves": curves,
                                                      "steps_to_threshold": reached}, indent=1))
     stays = {m: [steps_for_good(c, args.threshold) for c in runs] for m, runs in curves.items()}
     for method in curves:
@@ -223,26 +234,25 @@ def main() -> None:
             if not suffix and all(s is not None for s in steps["MB-MPO"]):
                 # PPO runs that never got there count at their last step: the true ratio is at least this (not
                 # for the sustained steps: a run that got there and dipped at its end is no lower bound)
-                ppo_at_least = [s if s is not None else c[-1][0] for s, c in zip(steps["PPO (SB3 defaults)"],
-                                                                               curves["PPO (SB3 defaults)"])]
+                ppo_at_least = [s if s is not None else c[-1][0] for s, c in zip(steps[ppo], curves[ppo])]
                 bound = statistics.median(ppo_at_least) / statistics.median(steps["MB-MPO"])
                 print(f"ratio PPO / MB-MPO (medians) at least {bound:.1f}x: PPO runs that never got there "
                       f"counted at their last step {ppo_at_least}")
                 if not args.no_record:
-                    record(f"{name}_ppo_steps_ratio_at_least", bound,
+                    record(f"{name}_ppo_steps_ratio_at_least{tag}", bound,
                            f"PPO steps / MB-MPO steps ({what} return {args.threshold:g}, medians of "
                            f"{len(ppo_at_least)} seeds), a lower bound: PPO runs below it at their last "
                            f"evaluation counted at that step")
             continue
-        mb, ppo = ([s for s in steps[m] if s is not None] for m in curves)
-        mb_median, ppo_median = statistics.median(mb), statistics.median(ppo)
+        mb_median, ppo_median = (statistics.median([s for s in steps[m] if s is not None]) for m in curves)
         print(f"ratio{suffix} PPO / MB-MPO (medians): {ppo_median / mb_median:.1f}x")
         if not args.no_record:
-            unit = f"real steps to the {what} return {args.threshold:g}, median of {len(mb)} seeds"
-            record(f"{name}_mbmpo_steps_to_threshold{suffix}", mb_median, unit)
-            record(f"{name}_ppo_steps_to_threshold{suffix}", ppo_median, unit)
-            record(f"{name}_ppo_steps_ratio{suffix}", ppo_median / mb_median, f"PPO steps / MB-MPO steps ({what})")
-    print(f"plot: {stem.with_suffix('.png')}")
+            unit = f"real steps to the {what} return {args.threshold:g}, median of {len(curves['MB-MPO'])} seeds"
+            record(f"{name}_mbmpo_steps_to_threshold{suffix}{tag}", mb_median, unit)
+            record(f"{name}_ppo_steps_to_threshold{suffix}{tag}", ppo_median, unit)
+            record(f"{name}_ppo_steps_ratio{suffix}{tag}", ppo_median / mb_median,
+                   f"{ppo} steps / MB-MPO steps ({what})")
+    print(f"plot: {png}")
 
 
 if __name__ == "__main__":
