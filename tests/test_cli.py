@@ -42,6 +42,20 @@ def test_every_task_trains_on_a_tiny_budget(task: str, tmp_path: Path) -> None:
     assert main(["export", "--run", str(out), "--out", str(tmp_path / "bundle")]) == 0  # finds a YAML task itself
 
 
+def test_a_seed_makes_a_run_reproducible(tmp_path: Path) -> None:
+    """Two trainings of one seed on one machine log the same figures, iteration by iteration (the times aside),
+    and another seed does not."""
+    def figures(seed: int, name: str) -> list[dict]:
+        out = tmp_path / name
+        assert main(["train", "--task", "HalfCheetah-v5", "--steps", "200", "--seed", str(seed), "--out", str(out),
+                     "--config", str(TINY), "--no-progress"]) == 0
+        return [{k: v for k, v in row.items() if k != "wall_s" and not k.startswith("t_")} for row in _rows(out)]
+
+    first = figures(5, "a")
+    assert len(first) >= 3 and figures(5, "b") == first
+    assert figures(6, "c") != first
+
+
 def test_train_then_eval_json_and_resume(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "run"
     args = ["train", "--task", "InvertedPendulum-v5", "--seed", "3", "--out", str(out), "--config", str(TINY),
