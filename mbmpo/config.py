@@ -79,6 +79,7 @@ class MetaConfig:
     learn_inner_lr: bool = False  # learn one step size per policy parameter in the outer step (Meta-SGD)
     inner_kl: float = 0.0  # > 0: scale each task's inner step to this KL(pre || post) instead of alpha
     stop_window: int = 0  # > 0: end the outer steps once the imagined post-update return falls (mean of this many)
+    min_std: float = 0.0  # > 0: after each outer step the meta-policy's action std is raised to at least this
     outer: str = "trpo"  # trpo | ppo
     first_order: bool = False  # drop the second-order term of the meta-gradient (an extra, not default)
     meta_steps: int = 30  # outer steps per iteration
@@ -111,6 +112,7 @@ class MetaConfig:
         _check(self.max_kl > 0.0, "meta.max_kl must be > 0")
         _check(self.inner_lr > 0.0 or not self.learn_inner_lr, "meta.inner_lr must be > 0 to be learned")
         _check(self.stop_window >= 0, "meta.stop_window must be >= 0 (0: always meta_steps outer steps)")
+        _check(self.min_std >= 0.0, "meta.min_std must be >= 0 (0: no floor on the policy's std)")
         _check(self.inner_kl >= 0.0, "meta.inner_kl must be >= 0 (0: the fixed step size inner_lr)")
         _check(self.state_bounds >= 0.0, "meta.state_bounds must be >= 0 (0: imagined states are only clipped to "
                                          "+-clip_obs)")

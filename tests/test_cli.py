@@ -56,6 +56,16 @@ def test_a_seed_makes_a_run_reproducible(tmp_path: Path) -> None:
     assert figures(6, "c") != first
 
 
+def test_a_floor_on_the_policy_std_holds_through_training(tmp_path: Path) -> None:
+    config = tmp_path / "floor.yaml"
+    config.write_text(TINY.read_text().replace("meta: {", "meta: {min_std: 1.5, "))  # init_std 1.0: below it
+    out = tmp_path / "run"
+    assert main(["train", "--task", "Hopper-v5", "--steps", "150", "--seed", "0", "--out", str(out), "--config",
+                 str(config), "--no-progress"]) == 0
+    stds = [float(row["policy_std"]) for row in _rows(out)]  # the mean over the action's dimensions
+    assert len(stds) >= 3 and min(stds) >= 1.5 - 1e-4, stds
+
+
 def test_train_then_eval_json_and_resume(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "run"
     args = ["train", "--task", "InvertedPendulum-v5", "--seed", "3", "--out", str(out), "--config", str(TINY),

@@ -7,7 +7,7 @@ from mbmpo.config import MetaConfig
 from mbmpo.meta.inner import STEP_PREFIX, InnerStep, adapt, policy_part, with_learned_step_sizes
 from mbmpo.meta.outer import MetaBatch, _old_post_policy, _surrogate_and_kl, adapted_params, trpo_step
 from mbmpo.meta.trpo import conjugate_gradient
-from mbmpo.policy.gaussian import gaussian_kl, init_params, log_prob, log_std_like, mean_action
+from mbmpo.policy.gaussian import floor_std, gaussian_kl, init_params, log_prob, log_std_like, mean_action
 from mbmpo.types import Trajectories
 
 
@@ -175,6 +175,15 @@ def test_kl_normalised_inner_step_moves_each_task_by_the_target_kl() -> None:
     kl = gaussian_kl(mean_pre, log_std_like(params, mean_pre), mean_post, log_std_like(adapted, mean_post))
     per_task = (kl * tr.mask).sum((1, 2)) / tr.mask.sum((1, 2))
     assert torch.allclose(per_task, torch.full((4,), 1e-4), rtol=0.05), per_task  # second order: small step
+
+
+def test_std_floor_raises_only_the_stds_below_it() -> None:
+    params = init_params(3, 2, (4,), 1.0)
+    params["log_std"] = torch.log(torch.tensor([0.1, 0.5]))
+    floored = floor_std(params, 0.2)
+    assert torch.allclose(torch.exp(floored["log_std"]), torch.tensor([0.2, 0.5]))
+    assert floored["w0"] is params["w0"] and torch.allclose(torch.exp(params["log_std"]), torch.tensor([0.1, 0.5]))
+    assert floor_std(params, 0.0) is params
 
 
 def test_return_falling_compares_consecutive_window_means() -> None:

@@ -14,7 +14,7 @@ from mbmpo.meta.inner import adapt, mean_step_size
 from mbmpo.meta.outer import MetaBatch, inner_step, kl_pre_post, meta_step
 from mbmpo.meta.returns import advantages
 from mbmpo.models.ensemble import DynamicsEnsemble
-from mbmpo.policy.gaussian import Params
+from mbmpo.policy.gaussian import Params, floor_std
 from mbmpo.rollouts.imagine import imagine
 from mbmpo.tasks.base import TaskSpec
 
@@ -71,7 +71,8 @@ def meta_optimize(ensemble: DynamicsEnsemble, params: Params, starts: Tensor, ta
                   bounds: tuple[Tensor, Tensor] | None = None) -> tuple[Params, Params, MetaPhaseStats]:
     """Run up to `cfg.meta_steps` outer steps; with `cfg.stop_window` w > 0, stop once the post-update
     imagined return, averaged over the last w steps, falls below its average over the w before (the
-    authors' `retrain_model_when_reward_decreases`: the policy has begun to exploit the models' errors).
+    authors' `retrain_model_when_reward_decreases`: the policy has begun to exploit the models' errors). With
+    `cfg.min_std` > 0 each outer step's policy has its action std raised to that floor (`floor_std`).
     Returns (new meta-params, adapted params T x ... for collecting real data with them, stats). Raises
     `Abandoned` before an outer step once `should_stop()` is true."""
     rejected = 0
@@ -85,6 +86,7 @@ def meta_optimize(ensemble: DynamicsEnsemble, params: Params, starts: Tensor, ta
         if return_falling(post_returns, cfg.stop_window):
             break
         params, step = meta_step(params, batch, cfg)
+        params = floor_std(params, cfg.min_std)
         rejected += int(step.backtracks < 0)
         kl_outer = step.kl
     batch, adapted = build_meta_batch(ensemble, params, starts, task, cfg, horizon, generator, bounds)

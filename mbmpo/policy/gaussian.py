@@ -91,6 +91,14 @@ def sample(params: Params, obs: Tensor, generator: torch.Generator | None = None
     return mean + std * noise, mean
 
 
+def floor_std(params: Params, min_std: float) -> Params:
+    """The same policy with every action std at least `min_std` (log_std A clamped at log(min_std)); the other
+    entries are the same tensors. `min_std <= 0` returns `params` itself."""
+    if min_std <= 0.0:
+        return params
+    return {**params, "log_std": params["log_std"].clamp(min=math.log(min_std))}
+
+
 def stack_params(params: Params, n: int) -> Params:
     """Repeat shared params n times along a new leading task dimension (views, gradients flow back)."""
     return {k: v.unsqueeze(0).expand(n, *v.shape) for k, v in params.items()}
