@@ -222,7 +222,7 @@ def main() -> None:
     plot(args.task, curves, args.threshold, png)
     reached = {m: [steps_to(c, args.threshold) for c in runs] for m, runs in curves.items()}
     curves_json.write_text(json.dumps({"threshold": args.threshold, "curves": curves,
-                                                     "steps_to_threshold": reached}, indent=1))
+                                       "steps_to_threshold": reached}, indent=1))
     stays = {m: [steps_for_good(c, args.threshold) for c in runs] for m, runs in curves.items()}
     for method in curves:
         print(f"{method}: steps to {args.threshold:g}: first {reached[method]}, for good {stays[method]}")
