@@ -213,3 +213,31 @@ def test_precision_times_both_dtypes_side_by_side_fits_a_runs_data_and_imagines_
         line = out.split(f"models, {precision}: per member | ")[1].split(" | ")[0]
         assert len(line.split(", ")) == 2 and all(0 < float(v) <= 200 for v in line.split(", ")), out
     assert "mean abs state difference" in out and "step 1:" in out, out
+
+
+def test_posture_counts_states_on_their_back_per_chunk_of_a_runs_data(tmp_path: Path) -> None:
+    """posture.py: |pitch| wrapped to (-pi, pi], share over pi/2 per chunk, by hand; a run's data.npz read by name."""
+    import posture
+    from mbmpo.errors import UserError
+    from mbmpo.models.buffer import TransitionBuffer
+    from mbmpo.tasks.registry import get_task
+
+    pitch = np.array([0.0, 0.0, 3.1, -3.1, 2 * np.pi + 0.1, 4.0, 0.2])
+    rows = posture.posture_by_chunk(pitch, first_step=1000, chunk=3)  # the last, 1 state, joins the second
+    assert [r[0] for r in rows] == [1003, 1007]
+    assert rows[0][1:] == pytest.approx((3.1 / 3, 1 / 3))
+    assert rows[1][1:] == pytest.approx(((3.1 + 0.1 + (2 * np.pi - 4.0) + 0.2) / 4, 2 / 4))
+
+    task = get_task("HalfCheetah-v5")
+    buf = TransitionBuffer(task.obs_dim, task.act_dim, capacity=6)
+    obs = np.zeros((9, task.obs_dim), np.float32)
+    obs[:, task.obs_names.index("qpos:rooty")] = [0, 0, 0, 0, 3, 3, 3, -3, 0]
+    from mbmpo.types import Episode
+
+    buf.add_episodes([Episode(obs=obs, act=np.zeros((8, task.act_dim), np.float32), rew=np.zeros(8, np.float32),
+                              terminated=False)])  # 8 steps, the oldest 2 dropped
+    buf.save(tmp_path / "data.npz")
+    assert [(end, back) for end, _, back in posture.run_posture(tmp_path, "HalfCheetah-v5", chunk=3)] == [
+        (5, pytest.approx(1 / 3)), (8, pytest.approx(1.0))]
+    with pytest.raises(UserError, match="no observation named qpos:rooty"):
+        posture.run_posture(tmp_path, "Swimmer-v5", chunk=3)
