@@ -221,6 +221,7 @@ def test_posture_counts_states_on_their_back_per_chunk_of_a_runs_data(tmp_path: 
     from mbmpo.errors import UserError
     from mbmpo.models.buffer import TransitionBuffer
     from mbmpo.tasks.registry import get_task
+    from mbmpo.types import Episode
 
     pitch = np.array([0.0, 0.0, 3.1, -3.1, 2 * np.pi + 0.1, 4.0, 0.2])
     rows = posture.posture_by_chunk(pitch, first_step=1000, chunk=3)  # the last, 1 state, joins the second
@@ -232,8 +233,6 @@ def test_posture_counts_states_on_their_back_per_chunk_of_a_runs_data(tmp_path: 
     buf = TransitionBuffer(task.obs_dim, task.act_dim, capacity=6)
     obs = np.zeros((9, task.obs_dim), np.float32)
     obs[:, task.obs_names.index("qpos:rooty")] = [0, 0, 0, 0, 3, 3, 3, -3, 0]
-    from mbmpo.types import Episode
-
     buf.add_episodes([Episode(obs=obs, act=np.zeros((8, task.act_dim), np.float32), rew=np.zeros(8, np.float32),
                               terminated=False)])  # 8 steps, the oldest 2 dropped
     buf.save(tmp_path / "data.npz")
