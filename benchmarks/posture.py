@@ -63,6 +63,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--runs", type=Path, nargs="+", required=True, help="run folders (their data.npz)")
     p.add_argument("--chunk", type=int, default=4000, help="real steps per row (the preset's per iteration)")
     args = p.parse_args(argv)
+    if args.chunk < 1:
+        p.error(f"--chunk must be >= 1, got {args.chunk}")
     for run in args.runs:
         rows = run_posture(run, args.task, args.chunk)
         print(f"{run.name}: real steps / mean |pitch| (rad) / share on its back")
