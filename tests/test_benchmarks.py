@@ -240,3 +240,22 @@ def test_posture_counts_states_on_their_back_per_chunk_of_a_runs_data(tmp_path: 
         (5, pytest.approx(1 / 3)), (8, pytest.approx(1.0))]
     with pytest.raises(UserError, match="no observation named qpos:rooty"):
         posture.run_posture(tmp_path, "Swimmer-v5", chunk=3)
+
+
+def test_posture_noise_probe_of_a_near_zero_std_is_the_zero_action_episode() -> None:
+    """posture.py --noise: std 1e-6 acts as zero torque (its return is that of zero actions, by hand in the sim,
+    upright throughout); uniform noise costs control; a level that is not a std is a usage error."""
+    import posture
+    from mbmpo.tasks.registry import get_task
+
+    task = get_task("HalfCheetah-v5")
+    env = task.make_env(20)
+    env.reset(seed=0)
+    still = sum(float(env.step(np.zeros(task.act_dim, np.float32))[1]) for _ in range(20))
+    env.close()
+    back, flipped, ret = posture.noise_posture("HalfCheetah-v5", 1e-6, episodes=1, horizon=20)
+    assert (back, flipped) == (0.0, 0.0) and ret == pytest.approx(still, abs=1e-3)
+    back, flipped, ret = posture.noise_posture("HalfCheetah-v5", None, episodes=2, horizon=20)
+    assert 0.0 <= back <= flipped <= 1.0 and ret < still - 1.0  # 0.1 x E[a^2] = 1/30 per actuator-step of control
+    with pytest.raises(SystemExit):
+        posture.main(["--task", "HalfCheetah-v5", "--noise", "-1"])
