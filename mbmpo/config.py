@@ -1,8 +1,9 @@
 """Configuration: frozen dataclasses loaded from the YAML presets in `config/`.
 
 Each component receives only its own section (`model`, `policy`, `meta`, `collect`); `device` is a top-level
-setting of the trainer as a whole. Unknown keys, wrong types and malformed YAML raise `UserError` naming the
-file and the key.
+setting of the trainer as a whole. A file may start from another: `base: <path>` (relative to the file) loads
+that file first and the keys given here replace its keys one by one, so a screen states only what it changes.
+Unknown keys, wrong types, malformed YAML and a loop of bases raise `UserError` naming the file and the key.
 """
 
 from __future__ import annotations
@@ -190,6 +191,7 @@ class Config:
 _SECTIONS = {"model": ModelConfig, "policy": PolicyConfig, "meta": MetaConfig, "collect": CollectConfig,
              "deploy": DeployConfig}
 _SETTINGS = ("device",)  # top-level keys that are settings, not sections
+BASE = "base"  # top-level key of a YAML file: the file it starts from (load_config)
 
 
 def _check(ok: bool, message: str) -> None:
@@ -266,19 +268,51 @@ def shipped_adaptation(manifest: dict[str, Any], source: str = "manifest.json", 
 
 
 def load_config(path: str | Path) -> Config:
-    """Load a YAML preset. Raises `UserError` for a missing file or malformed YAML."""
-    path = Path(path)
+    """Load a YAML preset and the chain of files it names as `base`. Raises `UserError` for a missing file,
+    malformed YAML, a bad key (naming the file that holds it) or a loop of bases."""
+    return config_from_dict(_load_with_base(Path(path), ()), source=str(path))
+
+
+def _load_with_base(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
+    """The file's top-level mapping over its base's (key by key within each section), `base` removed. The base is
+    checked whole first, so an error in it names it. `chain`: the files that led here, to catch a loop."""
+    data = _read_yaml(path)
+    if not isinstance(data, dict) or BASE not in data:
+        return data
+    data = dict(data)
+    base = data.pop(BASE)
+    if not isinstance(base, str) or not base:
+        raise UserError(f"{path}: {BASE} must be the path of another config file, got {base!r}")
+    base_path = (path.parent / base).resolve()
+    if base_path in chain or base_path == path.resolve():
+        loop = " -> ".join(str(p) for p in (*chain, path.resolve(), base_path))
+        raise UserError(f"{path}: {BASE} {base!r} makes a loop: {loop}")
+    if not base_path.is_file():
+        raise UserError(f"{path}: {BASE} {base!r} is not a file ({base_path})")
+    merged = _load_with_base(base_path, (*chain, path.resolve()))
+    config_from_dict(merged, source=str(base_path))  # the base's own errors name the base
+    for name, value in data.items():
+        if value is None and name in merged:  # an empty section changes nothing
+            continue
+        if isinstance(value, dict) and isinstance(merged.get(name), dict):
+            merged[name] = {**merged[name], **value}
+        else:
+            merged[name] = value
+    return merged
+
+
+def _read_yaml(path: Path) -> Any:
+    """The parsed YAML document at `path`. Raises `UserError` for a missing file or malformed YAML."""
     try:
         text = path.read_text()
     except OSError as err:
         raise UserError(f"cannot read config {path}: {err.strerror}") from None
     try:
-        data = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1} column {mark.column + 1}" if mark else ""
         raise UserError(f"malformed YAML in {path}{where}: {getattr(err, 'problem', err)}") from None
-    return config_from_dict(data, source=str(path))
 
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"

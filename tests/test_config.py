@@ -70,3 +70,34 @@ def test_a_task_without_a_preset_file_gets_one_sized_to_it_and_the_choice_is_sai
         load_config(choose_config("x", 1, 1, preset)[0])  # the shipped presets load
     with pytest.raises(UserError, match="preset 'huge' is not one of small, medium, paper"):
         choose_config("arm2", 6, 2, preset="huge")
+
+
+def test_a_config_states_only_what_it_changes_from_its_base(tmp_path: Path) -> None:
+    """`base:` loads the named file first (relative to the naming file, chains allowed); each key given replaces
+    its key alone, an empty section keeps the base's."""
+    (tmp_path / "root.yaml").write_text("model:\n  hidden: [64, 64]\n  max_epochs: 7\nmeta:\n  max_kl: 0.03\n")
+    (tmp_path / "screens").mkdir()
+    (tmp_path / "screens" / "mid.yaml").write_text("base: ../root.yaml\nmodel:\n  max_epochs: 9\nmeta:\n")
+    (tmp_path / "screens" / "leaf.yaml").write_text("base: mid.yaml\npolicy:\n  init_std: 0.5\n")
+    cfg = load_config(tmp_path / "screens" / "leaf.yaml")
+    assert (cfg.model.hidden, cfg.model.max_epochs, cfg.meta.max_kl, cfg.policy.init_std) == ((64, 64), 9, 0.03, 0.5)
+    assert cfg.model.batch_size == Config().model.batch_size  # what no file names keeps its default
+
+
+@pytest.mark.badinput
+def test_a_bad_base_is_a_clear_error_that_names_the_file_at_fault(tmp_path: Path) -> None:
+    (tmp_path / "root.yaml").write_text("model:\n  hiden: [64]\n")
+    (tmp_path / "a.yaml").write_text("base: root.yaml\n")
+    with pytest.raises(UserError, match=r"root.yaml: unknown key\(s\) \['hiden'\]"):
+        load_config(tmp_path / "a.yaml")
+    (tmp_path / "root.yaml").write_text("model:\n  hidden: [64]\n")
+    (tmp_path / "a.yaml").write_text("base: root.yaml\nmeta:\n  max_kl: -1\n")
+    with pytest.raises(UserError, match=r"a.yaml: meta.max_kl"):
+        load_config(tmp_path / "a.yaml")
+    for text, message in [("base: nope.yaml\n", r"a.yaml: base 'nope.yaml' is not a file"),
+                          ("base: [root.yaml]\n", r"a.yaml: base must be the path of another config file"),
+                          ("base: b.yaml\n", r"b.yaml: base 'a.yaml' makes a loop: .*a.yaml -> .*b.yaml -> .*a.yaml")]:
+        (tmp_path / "a.yaml").write_text(text)
+        (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+        with pytest.raises(UserError, match=message):
+            load_config(tmp_path / "a.yaml")
