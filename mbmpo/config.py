@@ -273,7 +273,7 @@ def load_config(path: str | Path) -> Config:
     return config_from_dict(_load_with_base(Path(path), ()), source=str(path))
 
 
-def _load_with_base(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
+def _load_with_base(path: Path, chain: tuple[Path, ...]) -> Any:
     """The file's top-level mapping over its base's (key by key within each section), `base` removed. The base is
     checked whole first, so an error in it names it. `chain`: the files that led here, to catch a loop."""
     data = _read_yaml(path)
@@ -289,7 +289,7 @@ def _load_with_base(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
         raise UserError(f"{path}: {BASE} {base!r} makes a loop: {loop}")
     if not base_path.is_file():
         raise UserError(f"{path}: {BASE} {base!r} is not a file ({base_path})")
-    merged = _load_with_base(base_path, (*chain, path.resolve()))
+    merged = _load_with_base(base_path, (*chain, path.resolve())) or {}  # an empty base: the defaults
     config_from_dict(merged, source=str(base_path))  # the base's own errors name the base
     for name, value in data.items():
         if value is None and name in merged:  # an empty section changes nothing

@@ -82,6 +82,8 @@ def test_a_config_states_only_what_it_changes_from_its_base(tmp_path: Path) -> N
     cfg = load_config(tmp_path / "screens" / "leaf.yaml")
     assert (cfg.model.hidden, cfg.model.max_epochs, cfg.meta.max_kl, cfg.policy.init_std) == ((64, 64), 9, 0.03, 0.5)
     assert cfg.model.batch_size == Config().model.batch_size  # what no file names keeps its default
+    (tmp_path / "root.yaml").write_text("")  # an empty base is the defaults
+    assert load_config(tmp_path / "screens" / "mid.yaml").model.max_epochs == 9
 
 
 @pytest.mark.badinput
