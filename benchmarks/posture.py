@@ -40,6 +40,11 @@ def wrap(angle: np.ndarray) -> np.ndarray:
     return np.pi - np.mod(np.pi - angle, 2 * np.pi)
 
 
+def on_its_back(pitch: np.ndarray) -> np.ndarray:
+    """Pitches (any shape, radians, unwrapped) -> bool, same shape: |wrapped pitch| > pi/2."""
+    return np.abs(wrap(pitch)) > math.pi / 2
+
+
 def posture_by_chunk(pitch: np.ndarray, first_step: int, chunk: int) -> list[tuple[int, float, float]]:
     """Per consecutive chunk of `pitch` (T,), radians, unwrapped, the first at real step `first_step`: (real steps
     at the chunk's end, mean |wrapped pitch|, share of states with |wrapped pitch| > pi/2). A last chunk shorter
@@ -49,8 +54,8 @@ def posture_by_chunk(pitch: np.ndarray, first_step: int, chunk: int) -> list[tup
     bounds = list(range(0, len(pitch), chunk)) + [len(pitch)]
     if len(bounds) > 2 and bounds[-1] - bounds[-2] < chunk / 2:
         del bounds[-2]
-    tilt = np.abs(wrap(pitch))
-    return [(first_step + end, float(tilt[start:end].mean()), float((tilt[start:end] > math.pi / 2).mean()))
+    tilt, back = np.abs(wrap(pitch)), on_its_back(pitch)
+    return [(first_step + end, float(tilt[start:end].mean()), float(back[start:end].mean()))
             for start, end in zip(bounds[:-1], bounds[1:])]
 
 
@@ -88,7 +93,7 @@ def noise_posture(task_name: str, std: float | None, episodes: int, seed: int = 
     backs, returns = [], []
     for i in range(episodes):
         ep = run_episodes(task, [env], params, [seed * 100_003 + i], horizon, rng=rng, generator=gen)[0]
-        backs.append(np.abs(wrap(ep.obs[1:, task.obs_names.index(PITCH)])) > math.pi / 2)
+        backs.append(on_its_back(ep.obs[1:, task.obs_names.index(PITCH)]))
         returns.append(float(ep.rew.sum()))
     env.close()
     return (float(np.mean(np.concatenate(backs))), float(np.mean([b.any() for b in backs])),

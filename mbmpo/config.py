@@ -284,7 +284,7 @@ def _load_with_base(path: Path, chain: tuple[Path, ...]) -> Any:
     if not isinstance(base, str) or not base:
         raise UserError(f"{path}: {BASE} must be the path of another config file, got {base!r}")
     base_path = (path.parent / base).resolve()
-    if base_path in chain or base_path == path.resolve():
+    if base_path in (*chain, path.resolve()):
         loop = " -> ".join(str(p) for p in (*chain, path.resolve(), base_path))
         raise UserError(f"{path}: {BASE} {base!r} makes a loop: {loop}")
     if not base_path.is_file():
