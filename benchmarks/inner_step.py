@@ -2,12 +2,15 @@
 and KL(pre || post) as functions of the step size, with the run's own meta-policy and ensemble.
 
     python benchmarks/inner_step.py --run runs/hc_s1 [--alphas 0.0003 0.001 0.003] [--kls 0.005 0.02 0.1]
-                                    [--rollouts 20 50] [--repeats 4]
+                                    [--natural-kls 0.02] [--rollouts 20 50] [--repeats 4]
 
 For each setting, `--repeats` fresh meta-batches (K members x tasks_per_model tasks, `--rollouts` imagined
-trajectories per task, pre and post each) give the mean gain and its standard error. A step that carries
-information gains more than the noise; a step too large for the data loses. Prints a table; records nothing
-(it describes one run).
+trajectories per task, pre and post each, within the run's state bounds) give the mean gain and its standard
+error. A step that carries information gains more than the noise; a step too large for the data loses. All
+settings of one repeat adapt on the same pre-update batch and roll out from the same states with the same random
+stream, so each is also given against the first setting (by default the zero step), a paired and less noisy
+figure. `--natural-kls` takes the step in the Fisher metric (`mbmpo/meta/natural.py`) at those KLs. Prints a
+table; records nothing (it describes one run).
 """
 
 from __future__ import annotations
@@ -26,34 +29,46 @@ from mbmpo.meta.outer import kl_pre_post
 from mbmpo.meta.returns import advantages
 from mbmpo.models.buffer import TransitionBuffer
 from mbmpo.models.ensemble import DynamicsEnsemble
-from mbmpo.rollouts.imagine import imagine
+from mbmpo.rollouts.imagine import imagine, state_bounds
 from mbmpo.tasks import get_task
 from mbmpo.train.checkpoint import load_checkpoint
 
 
-def gain(ensemble: DynamicsEnsemble, params: dict, starts: torch.Tensor, task, cfg, step: InnerStep, rollouts: int,
-         gen: torch.Generator) -> tuple[float, float]:
-    """(imagined return post - pre, KL(pre || post)) of one fresh meta-batch."""
+def paired_gains(ensemble: DynamicsEnsemble, params: dict, starts: torch.Tensor, task, cfg,
+                 steps: list[InnerStep], rollouts: int, gen: torch.Generator,
+                 bounds: tuple[torch.Tensor, torch.Tensor] | None) -> list[tuple[float, float]]:
+    """(imagined return post - pre, KL(pre || post)) of each step on ONE fresh meta-batch: every step adapts on
+    the same pre-update trajectories, and its post-update trajectories start from the same states with the same
+    random stream (common random numbers), so the steps' differences carry less noise than their gains."""
     n_tasks = ensemble.members * cfg.tasks_per_model
     horizon = cfg.horizon or task.horizon
     pick = lambda: starts[torch.randint(0, starts.shape[0], (n_tasks, rollouts), generator=gen)]
-    pre = imagine(ensemble, params, pick(), horizon, task, cfg.clip_obs, gen)
+    pre = imagine(ensemble, params, pick(), horizon, task, cfg.clip_obs, gen, bounds)
     adv = advantages(pre.obs, pre.rew, pre.mask, cfg.discount, cfg.gae_lambda, cfg.normalize_advantages)
-    adapted = {k: v.detach() for k, v in adapt(params, pre.obs, pre.act, adv, pre.mask, step, False).items()}
-    post = imagine(ensemble, adapted, pick(), horizon, task, cfg.clip_obs, gen)
-    kl = kl_pre_post(params, adapted, pre.obs, pre.mask)
-    return float(post.returns.mean() - pre.returns.mean()), kl
+    post_starts, stream = pick(), gen.get_state()
+    out = []
+    for step in steps:
+        adapted = {k: v.detach() for k, v in adapt(params, pre.obs, pre.act, adv, pre.mask, step, False).items()}
+        post = imagine(ensemble, adapted, post_starts, horizon, task, cfg.clip_obs, gen.set_state(stream), bounds)
+        out.append((float(post.returns.mean() - pre.returns.mean()), kl_pre_post(params, adapted, pre.obs, pre.mask)))
+    return out
 
 
-def main() -> None:
+def _se(x: list[float]) -> float:
+    return statistics.stdev(x) / len(x) ** 0.5 if len(x) > 1 else float("nan")
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    """Prints the table; returns its rows (rollouts, setting, gain, gain_se, paired, paired_se, kl)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", type=Path, required=True)
     p.add_argument("--alphas", type=float, nargs="*", default=[0.0, 0.0003, 0.001, 0.003])
     p.add_argument("--kls", type=float, nargs="*", default=[0.005, 0.02, 0.05, 0.2])
+    p.add_argument("--natural-kls", type=float, nargs="*", default=[])
     p.add_argument("--rollouts", type=int, nargs="*", default=[20, 50])
     p.add_argument("--repeats", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args()
+    args = p.parse_args(argv)
     torch.set_num_threads(1)
     saved = yaml.safe_load((args.run / "config.yaml").read_text())
     task = get_task(saved["task"])
@@ -67,16 +82,27 @@ def main() -> None:
     print(f"{args.run}: iteration {ckpt['iteration']}, {ckpt['real_steps']:,} real steps, policy std "
           f"{float(torch.exp(params['log_std']).mean()):.3f}")
     settings = [(f"alpha {a:g}", InnerStep(a)) for a in args.alphas] + [(f"KL {k:g}", InnerStep(0.0, k)) for k in args.kls]
+    settings += [(f"natural KL {k:g}", InnerStep(0.0, k, natural=True)) for k in args.natural_kls]
     gen = torch.Generator().manual_seed(args.seed)
+    margin = cfg.meta.state_bounds
+    bounds = state_bounds(torch.as_tensor(buffer.obs), margin) if margin > 0 else None
+    rows = []
     with ensemble.frozen_weights():
         for rollouts in args.rollouts:
             meta = dataclasses.replace(cfg.meta, rollouts_per_task=rollouts)
-            for label, step in settings:
-                runs = [gain(ensemble, params, starts, task, meta, step, rollouts, gen) for _ in range(args.repeats)]
-                gains, kls = [g for g, _ in runs], [k for _, k in runs]
-                se = statistics.stdev(gains) / len(gains) ** 0.5 if len(gains) > 1 else float("nan")
-                print(f"{rollouts:3d} rollouts/task, {label:>13}: imagined gain {statistics.fmean(gains):+7.2f} "
-                      f"+- {se:5.2f}, KL(pre || post) {statistics.fmean(kls):.4f}")
+            runs = [paired_gains(ensemble, params, starts, task, meta, [s for _, s in settings], rollouts, gen, bounds)
+                    for _ in range(args.repeats)]
+            base = [r[0][0] for r in runs]
+            for j, (label, _) in enumerate(settings):
+                gains, kls = [r[j][0] for r in runs], [r[j][1] for r in runs]
+                diff = [g - b for g, b in zip(gains, base)]
+                row = {"rollouts": rollouts, "setting": label, "gain": statistics.fmean(gains), "gain_se": _se(gains),
+                       "paired": statistics.fmean(diff), "paired_se": _se(diff), "kl": statistics.fmean(kls)}
+                rows.append(row)
+                print(f"{rollouts:3d} rollouts/task, {label:>18}: imagined gain {row['gain']:+7.2f} "
+                      f"+- {row['gain_se']:5.2f}, against the first setting {row['paired']:+7.2f} +- "
+                      f"{row['paired_se']:5.2f}, KL(pre || post) {row['kl']:.4f}")
+    return rows
 
 
 if __name__ == "__main__":

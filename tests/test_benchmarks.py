@@ -259,3 +259,23 @@ def test_posture_noise_probe_of_a_near_zero_std_is_the_zero_action_episode() -> 
     assert 0.0 <= back <= flipped <= 1.0 and ret < still - 1.0  # 0.1 x E[a^2] = 1/30 per actuator-step of control
     with pytest.raises(SystemExit):
         posture.main(["--task", "HalfCheetah-v5", "--noise", "-1"])
+
+
+def test_inner_step_sweep_pairs_every_setting_with_the_first_on_the_same_batches(tmp_path: Path) -> None:
+    """Each setting adapts on the same pre-update batch as the zero step, so its paired figure is its gain minus
+    the zero step's; each KL-scaled step (plain and natural) moves the policy by about its KL."""
+    from inner_step import main
+    from mbmpo.cli import main as cli
+
+    run = tmp_path / "run"
+    tiny = Path(__file__).resolve().parent / "configs" / "tiny.yaml"
+    assert cli(["train", "--task", "InvertedPendulum-v5", "--steps", "100", "--out", str(run), "--config", str(tiny),
+                "--no-progress"]) == 0
+    rows = main(["--run", str(run), "--alphas", "0", "--kls", "0.001", "--natural-kls", "0.001", "--rollouts", "3",
+                 "--repeats", "2"])
+    assert [r["setting"] for r in rows] == ["alpha 0", "KL 0.001", "natural KL 0.001"]
+    assert rows[0]["kl"] == 0.0 and rows[0]["paired"] == 0.0
+    for r in rows:
+        assert abs(r["paired"] - (r["gain"] - rows[0]["gain"])) < 1e-6 * max(1.0, abs(r["gain"])), r
+    for r in rows[1:]:
+        assert 0.0005 < r["kl"] < 0.002, r

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 from torch.func import jvp
 
+from mbmpo.meta.natural import natural_direction
 from mbmpo.policy.gaussian import Params, log_prob, mean_action, stack_params
 
 STEP_PREFIX = "inner_lr/"  # params[f"inner_lr/{name}"] = log alpha for params[name], same shape
@@ -22,10 +23,13 @@ STEP_PREFIX = "inner_lr/"  # params[f"inner_lr/{name}"] = log alpha for params[n
 @dataclass(frozen=True)
 class InnerStep:
     """How large the inner step is: alpha = `lr` (or the learned sizes in the params), or, with `kl` > 0,
-    each task's step scaled to that KL(pre || post)."""
+    each task's step scaled to that KL(pre || post). `natural`: the direction F_k^-1 g_k (the step in the Fisher
+    metric, `natural.py`) instead of g_k; measured by `benchmarks/inner_step.py`, not differentiated through, so
+    not offered to training (it gained nothing measurable over g_k at the same KL: BENCHMARKS.md, 2026-12-06)."""
 
     lr: float
     kl: float = 0.0
+    natural: bool = False  # the direction F_k^-1 g_k (natural.py) instead of g_k
 
     @classmethod
     def of(cls, step: InnerStep | float) -> InnerStep:
@@ -107,6 +111,13 @@ def adapt(params: Params, obs: Tensor, act: Tensor, adv: Tensor, mask: Tensor, s
         loss = vpg_loss(stacked, obs, act, adv, mask).sum()
         names = sorted(stacked)
         grads = torch.autograd.grad(loss, [stacked[k] for k in names], create_graph=create_graph)
+    if step.natural:
+        if create_graph:
+            raise ValueError("the natural inner step is a measurement (benchmarks/inner_step.py): the meta-gradient "
+                             "does not differentiate through its conjugate-gradient solve")
+        direction = natural_direction(stacked, dict(zip(names, grads)), obs, mask)
+        grads = tuple(direction[k] for k in names)
+        alphas = {k: step.lr for k in names}
     if step.kl > 0.0:
         q = step_kl_curvature(stacked, dict(zip(names, grads)), obs, mask)  # T
         scale = torch.sqrt(2.0 * step.kl / q.clamp_min(1e-12))

@@ -1,0 +1,75 @@
+"""The inner step in the Fisher metric: each task's policy gradient preconditioned by its own policy's Fisher matrix.
+
+For a Gaussian policy with state-independent log-std the Fisher matrix of task k on its states is
+
+    F_k = mean_valid J_mu^T diag(1 / sigma^2) J_mu  (+)  2 I on the log-std entries,
+
+J_mu the Jacobian of the action mean in the mean-network's parameters at one state. Its quadratic form is the
+`step_kl_curvature` of `inner.py`: KL(pi_theta || pi_theta-d) ~= d^T F_k d / 2. The natural direction
+F_k^-1 g_k is found by conjugate gradient, all tasks at once, each with its own step lengths.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+from torch.func import jvp, vjp
+
+from mbmpo.policy.gaussian import Params, mean_action
+
+
+def _per_task_dot(a: Params, b: Params) -> Tensor:
+    """sum over every entry but the leading task dimension of a (.) b: T."""
+    return torch.stack([(a[k] * b[k]).reshape(a[k].shape[0], -1).sum(1) for k in a]).sum(0)
+
+
+def _axpy(x: Params, scale: Tensor, y: Params) -> Params:
+    """x + scale_k y per task (scale: T)."""
+    return {k: x[k] + scale.reshape(-1, *([1] * (y[k].dim() - 1))) * y[k] for k in x}
+
+
+def fisher_product(stacked: Params, obs: Tensor, mask: Tensor, damping: float = 0.0) -> Callable[[Params], Params]:
+    """The map v -> (F_k + damping I) v_k for every task at once, at task-batched params `stacked` (T x ...).
+
+    obs T x N x H x D, mask T x N x H. v and the result are task-batched dicts shaped like `stacked`.
+    """
+    policy = {k: v.detach().contiguous() for k, v in stacked.items()}
+    net = {k: v for k, v in policy.items() if k != "log_std"}
+    mean_of = lambda p: mean_action(p, obs)  # noqa: E731
+    pullback = vjp(mean_of, net)[1]
+    weight = torch.exp(-2.0 * policy["log_std"]).reshape(obs.shape[0], 1, 1, -1) * mask.unsqueeze(-1)
+    weight = weight / mask.sum((1, 2)).clamp_min(1.0).reshape(-1, 1, 1, 1)
+
+    def product(v: Params) -> Params:
+        with torch.no_grad():
+            jv = jvp(mean_of, (net,), ({k: v[k].contiguous() for k in net},))[1]  # T x N x H x A
+            out = dict(pullback(jv * weight)[0])
+            out["log_std"] = 2.0 * v["log_std"]
+            return {k: out[k] + damping * v[k] for k in v}
+
+    return product
+
+
+def natural_direction(stacked: Params, grads: Params, obs: Tensor, mask: Tensor, iters: int = 10,
+                      damping: float = 1e-3) -> Params:
+    """d_k ~= (F_k + damping I)^-1 g_k by `iters` conjugate-gradient steps per task (batched), a constant (no graph).
+
+    stacked, grads: task-batched params and per-task gradients (T x ...); obs T x N x H x D, mask T x N x H.
+    """
+    fvp = fisher_product(stacked, obs, mask, damping)
+    b = {k: g.detach() for k, g in grads.items()}
+    x = {k: torch.zeros_like(v) for k, v in b.items()}
+    r = dict(b)
+    p = dict(b)
+    rr = _per_task_dot(r, r)
+    for _ in range(iters):
+        fp = fvp(p)
+        alpha = rr / _per_task_dot(p, fp).clamp_min(1e-30)
+        x = _axpy(x, alpha, p)
+        r = _axpy(r, -alpha, fp)
+        rr_new = _per_task_dot(r, r)
+        p = _axpy(r, rr_new / rr.clamp_min(1e-30), p)
+        rr = rr_new
+    return x
