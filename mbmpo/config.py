@@ -79,6 +79,7 @@ class MetaConfig:
     inner_lr: float = 0.001  # alpha: step size of the one VPG adaptation step (the start value when learned)
     learn_inner_lr: bool = False  # learn one step size per policy parameter in the outer step (Meta-SGD)
     inner_kl: float = 0.0  # > 0: scale each task's inner step to this KL(pre || post) instead of alpha
+    inner_natural: bool = False  # the inner step in the Fisher metric: F_k^-1 g_k instead of g_k (meta/natural.py)
     stop_window: int = 0  # > 0: end the outer steps once the imagined post-update return falls (mean of this many)
     min_std: float = 0.0  # > 0: after each outer step the meta-policy's action std is raised to at least this
     outer: str = "trpo"  # trpo | ppo
@@ -115,6 +116,8 @@ class MetaConfig:
         _check(self.stop_window >= 0, "meta.stop_window must be >= 0 (0: always meta_steps outer steps)")
         _check(self.min_std >= 0.0, "meta.min_std must be >= 0 (0: no floor on the policy's std)")
         _check(self.inner_kl >= 0.0, "meta.inner_kl must be >= 0 (0: the fixed step size inner_lr)")
+        _check(not (self.inner_natural and self.learn_inner_lr),
+               "meta.inner_natural and meta.learn_inner_lr do not combine (the natural step has no per-parameter sizes)")
         _check(self.state_bounds >= 0.0, "meta.state_bounds must be >= 0 (0: imagined states are only clipped to "
                                          "+-clip_obs)")
         _check(0.0 < self.cg_subsample <= 1.0, "meta.cg_subsample must be in (0, 1]")

@@ -23,14 +23,15 @@ STEP_PREFIX = "inner_lr/"  # params[f"inner_lr/{name}"] = log alpha for params[n
 @dataclass(frozen=True)
 class InnerStep:
     """How large the inner step is: alpha = `lr` (or the learned sizes in the params), or, with `kl` > 0,
-    each task's step scaled to that KL(pre || post). `natural`: the direction F_k^-1 g_k (the step in the Fisher
-    metric, `natural.py`) instead of g_k; a measurement of `benchmarks/inner_step.py` for now (at KL 0.02 it gained
-    +0.7 to +5.7 imagined return over g_k on four trained HalfCheetah runs: BENCHMARKS.md, 2026-12-06 sixth
-    session): the meta-gradient does not yet differentiate through its conjugate-gradient solve."""
+    each task's step scaled to that KL(pre || post). `natural` (`meta.inner_natural`): the direction F_k^-1 g_k
+    (the step in the Fisher metric, `natural.py`) instead of g_k, the meta-gradient taken through it with F_k
+    held constant; at KL 0.02 it gained +0.7 to +5.7 imagined return over g_k on four trained HalfCheetah runs,
+    at about 3.5x the outer step's time (BENCHMARKS.md, 2026-12-06 sixth session)."""
 
     lr: float
     kl: float = 0.0
     natural: bool = False  # the direction F_k^-1 g_k (natural.py) instead of g_k
+    cg_iters: int = 10  # conjugate-gradient steps of the natural direction
 
     @classmethod
     def of(cls, step: InnerStep | float) -> InnerStep:
@@ -112,11 +113,8 @@ def adapt(params: Params, obs: Tensor, act: Tensor, adv: Tensor, mask: Tensor, s
         loss = vpg_loss(stacked, obs, act, adv, mask).sum()
         names = sorted(stacked)
         grads = torch.autograd.grad(loss, [stacked[k] for k in names], create_graph=create_graph)
-    if step.natural:
-        if create_graph:
-            raise ValueError("the natural inner step is a measurement (benchmarks/inner_step.py): the meta-gradient "
-                             "does not differentiate through its conjugate-gradient solve")
-        direction = natural_direction(stacked, dict(zip(names, grads)), obs, mask)
+    if step.natural:  # d_k = P_k g_k, differentiable in g_k with P_k held constant (as s_k is)
+        direction = natural_direction(stacked, dict(zip(names, grads)), obs, mask, step.cg_iters)
         grads = tuple(direction[k] for k in names)
         alphas = {k: step.lr for k in names}
     if step.kl > 0.0:

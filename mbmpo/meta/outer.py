@@ -41,7 +41,7 @@ class MetaStepStats:
 
 
 def inner_step(cfg: MetaConfig) -> InnerStep:
-    return InnerStep(cfg.inner_lr, cfg.inner_kl)
+    return InnerStep(cfg.inner_lr, cfg.inner_kl, cfg.inner_natural)
 
 
 def adapted_params(params: Params, batch: MetaBatch, step: InnerStep | float, create_graph: bool) -> Params:
@@ -95,8 +95,8 @@ def _fisher_vector_product(theta: Params, batch: MetaBatch, step: InnerStep, sec
                            old: tuple[Tensor, Tensor, Tensor], damping: float) -> Callable[[Tensor], Tensor]:
     """v -> (H_KL + damping I) v, H_KL the Hessian in theta of the KL constraint at theta. In Gauss-Newton form
     (`mbmpo.meta.fisher`: 0.094 s a product against 0.135 s by autograd, HalfCheetah, 1 thread) unless step
-    sizes are learned; else by autograd through the inner step."""
-    if second_order and fisher.supports(theta):
+    sizes are learned or the inner step is natural; else by autograd through the inner step."""
+    if second_order and fisher.supports(theta) and not step.natural:
         product = fisher.gauss_newton_fvp(theta, batch.pre, batch.pre_adv, batch.post, old[0], old[1], step)
         return lambda v: product(v) + damping * v
     names = sorted(theta)
