@@ -83,6 +83,16 @@ def test_conjugate_gradient_solves_spd_system() -> None:
     assert torch.allclose(a @ x, b, atol=1e-8)
 
 
+def test_conjugate_gradient_solves_a_batch_of_systems_each_with_its_own_steps() -> None:
+    torch.manual_seed(6)
+    m = torch.randn(3, 6, 6, dtype=torch.float64)
+    a = m @ m.transpose(1, 2) + 6 * torch.eye(6, dtype=torch.float64)
+    b = torch.randn(3, 6, dtype=torch.float64)
+    b[1] = 0.0  # a row already solved stays at zero, no 0 / 0
+    x = conjugate_gradient(lambda v: torch.einsum("bij,bj->bi", a, v), b, iters=20)
+    assert torch.allclose(torch.einsum("bij,bj->bi", a, x), b, atol=1e-8) and bool((x[1] == 0).all())
+
+
 def test_trpo_step_respects_kl_bound_and_improves_surrogate() -> None:
     torch.manual_seed(7)
     params = init_params(3, 2, (16,), 1.0)

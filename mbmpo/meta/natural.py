@@ -19,17 +19,8 @@ import torch
 from torch import Tensor
 from torch.func import jvp, vjp
 
+from mbmpo.meta.trpo import conjugate_gradient
 from mbmpo.policy.gaussian import Params, mean_action
-
-
-def _per_task_dot(a: Params, b: Params) -> Tensor:
-    """sum over every entry but the leading task dimension of a (.) b: T."""
-    return torch.stack([(a[k] * b[k]).reshape(a[k].shape[0], -1).sum(1) for k in a]).sum(0)
-
-
-def _axpy(x: Params, scale: Tensor, y: Params) -> Params:
-    """x + scale_k y per task (scale: T)."""
-    return {k: x[k] + scale.reshape(-1, *([1] * (y[k].dim() - 1))) * y[k] for k in x}
 
 
 def fisher_product(stacked: Params, obs: Tensor, mask: Tensor, damping: float = 0.0) -> Callable[[Params], Params]:
@@ -68,23 +59,6 @@ class _Solve(torch.autograd.Function):
         return _Solve.apply(grad, ctx.solve), None
 
 
-def _conjugate_gradient(fvp: Callable[[Params], Params], b: Params, iters: int) -> Params:
-    """x ~= F^-1 b per task by `iters` conjugate-gradient steps, every task with its own step lengths."""
-    x = {k: torch.zeros_like(v) for k, v in b.items()}
-    r = dict(b)
-    p = dict(b)
-    rr = _per_task_dot(r, r)
-    for _ in range(iters):
-        fp = fvp(p)
-        alpha = rr / _per_task_dot(p, fp).clamp_min(1e-30)
-        x = _axpy(x, alpha, p)
-        r = _axpy(r, -alpha, fp)
-        rr_new = _per_task_dot(r, r)
-        p = _axpy(r, rr_new / rr.clamp_min(1e-30), p)
-        rr = rr_new
-    return x
-
-
 def natural_direction(stacked: Params, grads: Params, obs: Tensor, mask: Tensor, iters: int = 10,
                       damping: float = 1e-3) -> Params:
     """d_k ~= (F_k + damping I)^-1 g_k by `iters` conjugate-gradient steps per task (batched).
@@ -102,10 +76,11 @@ def natural_direction(stacked: Params, grads: Params, obs: Tensor, mask: Tensor,
     def to_params(x: Tensor) -> Params:  # T x P -> task-batched dict
         return {k: part.reshape(n_tasks, *shape) for k, part, shape in zip(names, torch.split(x, sizes, 1), shapes)}
 
+    def to_flat(x: Params) -> Tensor:  # task-batched dict -> T x P
+        return torch.cat([x[k].reshape(n_tasks, -1) for k in names], 1)
+
     def solve(b: Tensor) -> Tensor:
         with torch.no_grad():
-            x = _conjugate_gradient(fvp, to_params(b.detach()), iters)
-            return torch.cat([x[k].reshape(n_tasks, -1) for k in names], 1)
+            return conjugate_gradient(lambda v: to_flat(fvp(to_params(v))), b.detach(), iters, tol=0.0)
 
-    flat_grads = torch.cat([grads[k].reshape(n_tasks, -1) for k in names], 1)
-    return to_params(_Solve.apply(flat_grads, solve))
+    return to_params(_Solve.apply(to_flat(grads), solve))

@@ -9,20 +9,26 @@ from torch import Tensor
 
 
 def conjugate_gradient(fvp: Callable[[Tensor], Tensor], b: Tensor, iters: int = 10, tol: float = 1e-10) -> Tensor:
-    """Approximately solve F x = b for symmetric positive-definite F given only x -> F x."""
+    """Approximately solve F x = b for symmetric positive-definite F given only x -> F x.
+
+    b: P, or B x P for B independent systems at once (fvp maps B x P -> B x P, each row its own F; each row
+    takes its own step lengths, and a row that is solved exactly, b = 0 included, stays put).
+    """
+    dot = lambda u, v: (u * v).sum(-1, keepdim=True)  # noqa: E731
+    ratio = lambda num, den: torch.where(den != 0, num / torch.where(den != 0, den, 1.0), 0.0)  # noqa: E731
     x = torch.zeros_like(b)
     r = b.clone()
     p = b.clone()
-    rr = r @ r
+    rr = dot(r, r)
     for _ in range(iters):
-        if rr < tol:
+        if bool((rr < tol).all()):
             break
         fp = fvp(p)
-        step = rr / (p @ fp)
+        step = ratio(rr, dot(p, fp))
         x = x + step * p
         r = r - step * fp
-        rr_new = r @ r
-        p = r + (rr_new / rr) * p
+        rr_new = dot(r, r)
+        p = r + ratio(rr_new, rr) * p
         rr = rr_new
     return x
 
