@@ -2,14 +2,16 @@
 and KL(pre || post) as functions of the step size, with the run's own meta-policy and ensemble.
 
     python benchmarks/inner_step.py --run runs/hc_s1 [--alphas 0.0003 0.001 0.003] [--kls 0.005 0.02 0.1]
-                                    [--natural-kls 0.02] [--rollouts 20 50] [--repeats 4]
+                                    [--natural-kls 0.02] [--fisher-fractions 1 0.2] [--natural-cg-iters 10]
+                                    [--rollouts 20 50] [--repeats 4]
 
 For each setting, `--repeats` fresh meta-batches (K members x tasks_per_model tasks, `--rollouts` imagined
 trajectories per task, pre and post each, within the run's state bounds) give the mean gain and its standard
 error. A step that carries information gains more than the noise; a step too large for the data loses. All
 settings of one repeat adapt on the same pre-update batch and roll out from the same states with the same random
 stream, so each is also given against the first setting (by default the zero step), a paired and less noisy
-figure. `--natural-kls` takes the step in the Fisher metric (`mbmpo/meta/natural.py`) at those KLs. Prints a
+figure. `--natural-kls` takes the step in the Fisher metric (`mbmpo/meta/natural.py`) at those KLs, its Fisher
+matrices estimated on each `--fisher-fractions` share of the rollouts. Prints a
 table; records nothing (it describes one run).
 """
 
@@ -65,6 +67,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--alphas", type=float, nargs="*", default=[0.0, 0.0003, 0.001, 0.003])
     p.add_argument("--kls", type=float, nargs="*", default=[0.005, 0.02, 0.05, 0.2])
     p.add_argument("--natural-kls", type=float, nargs="*", default=[])
+    p.add_argument("--fisher-fractions", type=float, nargs="*", default=[1.0],
+                   help="share of each task's rollouts the natural step's Fisher matrix is estimated on")
+    p.add_argument("--natural-cg-iters", type=int, default=10)
     p.add_argument("--rollouts", type=int, nargs="*", default=[20, 50])
     p.add_argument("--repeats", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
@@ -82,7 +87,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(f"{args.run}: iteration {ckpt['iteration']}, {ckpt['real_steps']:,} real steps, policy std "
           f"{float(torch.exp(params['log_std']).mean()):.3f}")
     settings = [(f"alpha {a:g}", InnerStep(a)) for a in args.alphas] + [(f"KL {k:g}", InnerStep(0.0, k)) for k in args.kls]
-    settings += [(f"natural KL {k:g}", InnerStep(0.0, k, natural=True)) for k in args.natural_kls]
+    settings += [(f"natural KL {k:g}" + (f", F on {f:g}" if f < 1.0 else ""),
+                  InnerStep(0.0, k, natural=True, cg_iters=args.natural_cg_iters, fisher_fraction=f))
+                 for k in args.natural_kls for f in args.fisher_fractions]
     gen = torch.Generator().manual_seed(args.seed)
     margin = cfg.meta.state_bounds
     bounds = state_bounds(torch.as_tensor(buffer.obs), margin) if margin > 0 else None
@@ -99,7 +106,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 row = {"rollouts": rollouts, "setting": label, "gain": statistics.fmean(gains), "gain_se": _se(gains),
                        "paired": statistics.fmean(diff), "paired_se": _se(diff), "kl": statistics.fmean(kls)}
                 rows.append(row)
-                print(f"{rollouts:3d} rollouts/task, {label:>18}: imagined gain {row['gain']:+7.2f} "
+                print(f"{rollouts:3d} rollouts/task, {label:>26}: imagined gain {row['gain']:+7.2f} "
                       f"+- {row['gain_se']:5.2f}, against the first setting {row['paired']:+7.2f} +- "
                       f"{row['paired_se']:5.2f}, KL(pre || post) {row['kl']:.4f}")
     return rows

@@ -80,6 +80,8 @@ class MetaConfig:
     learn_inner_lr: bool = False  # learn one step size per policy parameter in the outer step (Meta-SGD)
     inner_kl: float = 0.0  # > 0: scale each task's inner step to this KL(pre || post) instead of alpha
     inner_natural: bool = False  # the inner step in the Fisher metric: F_k^-1 g_k instead of g_k (meta/natural.py)
+    inner_cg_iters: int = 10  # conjugate-gradient steps of the natural inner direction
+    inner_fisher_subsample: float = 1.0  # fraction of each task's rollouts its Fisher matrix is estimated on
     stop_window: int = 0  # > 0: end the outer steps once the imagined post-update return falls (mean of this many)
     min_std: float = 0.0  # > 0: after each outer step the meta-policy's action std is raised to at least this
     outer: str = "trpo"  # trpo | ppo
@@ -121,6 +123,8 @@ class MetaConfig:
         _check(self.state_bounds >= 0.0, "meta.state_bounds must be >= 0 (0: imagined states are only clipped to "
                                          "+-clip_obs)")
         _check(0.0 < self.cg_subsample <= 1.0, "meta.cg_subsample must be in (0, 1]")
+        _check(self.inner_cg_iters >= 1, "meta.inner_cg_iters must be >= 1")
+        _check(0.0 < self.inner_fisher_subsample <= 1.0, "meta.inner_fisher_subsample must be in (0, 1]")
 
 
 @dataclass(frozen=True)

@@ -61,6 +61,19 @@ def test_natural_direction_solves_each_tasks_damped_fisher_system() -> None:
         assert torch.allclose(flat({k: x[t] for k, x in d.items()}), want, rtol=1e-6, atol=1e-6 * want.abs().max())
 
 
+def test_a_fisher_on_a_share_of_the_rollouts_is_the_fisher_of_the_first_rollouts() -> None:
+    stacked, obs, mask = _setup()
+    g = {k: torch.randn_like(x) for k, x in stacked.items()}
+    n_params = flat({k: x[0] for k, x in g.items()}).numel()
+    d = natural_direction(stacked, g, obs, mask, iters=3 * n_params, damping=0.01, fraction=0.5)  # 2 of N = 3
+    for t in range(T):
+        fisher = _fisher(stacked, obs[:, :2], mask[:, :2], t) + 0.01 * torch.eye(n_params, dtype=torch.float64)
+        want = torch.linalg.solve(fisher, flat({k: x[t] for k, x in g.items()}))
+        assert torch.allclose(flat({k: x[t] for k, x in d.items()}), want, rtol=1e-6, atol=1e-6 * want.abs().max())
+    full = natural_direction(stacked, g, obs, mask, iters=3 * n_params, damping=0.01)
+    assert not torch.allclose(flat({k: x[0] for k, x in d.items()}), flat({k: x[0] for k, x in full.items()}))
+
+
 def test_natural_inner_step_moves_each_task_by_the_target_kl() -> None:
     torch.manual_seed(7)
     params = init_params(3, 2, (8,), 0.3)
@@ -121,3 +134,7 @@ def test_a_natural_step_with_learned_step_sizes_is_refused_in_one_line() -> None
 
     with pytest.raises(UserError, match="inner_natural and meta.learn_inner_lr"):
         MetaConfig(inner_natural=True, learn_inner_lr=True)
+    with pytest.raises(UserError, match="meta.inner_fisher_subsample must be in"):
+        MetaConfig(inner_natural=True, inner_fisher_subsample=0.0)
+    with pytest.raises(UserError, match="meta.inner_cg_iters must be >= 1"):
+        MetaConfig(inner_natural=True, inner_cg_iters=0)

@@ -32,6 +32,7 @@ class InnerStep:
     kl: float = 0.0
     natural: bool = False  # the direction F_k^-1 g_k (natural.py) instead of g_k
     cg_iters: int = 10  # conjugate-gradient steps of the natural direction
+    fisher_fraction: float = 1.0  # the share of each task's rollouts its Fisher matrix is estimated on
 
     @classmethod
     def of(cls, step: InnerStep | float) -> InnerStep:
@@ -114,7 +115,8 @@ def adapt(params: Params, obs: Tensor, act: Tensor, adv: Tensor, mask: Tensor, s
         names = sorted(stacked)
         grads = torch.autograd.grad(loss, [stacked[k] for k in names], create_graph=create_graph)
     if step.natural:  # d_k = P_k g_k, differentiable in g_k with P_k held constant (as s_k is)
-        direction = natural_direction(stacked, dict(zip(names, grads)), obs, mask, step.cg_iters)
+        direction = natural_direction(stacked, dict(zip(names, grads)), obs, mask, step.cg_iters,
+                                      fraction=step.fisher_fraction)
         grads = tuple(direction[k] for k in names)
         alphas = {k: step.lr for k in names}
     if step.kl > 0.0:

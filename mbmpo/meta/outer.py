@@ -41,7 +41,7 @@ class MetaStepStats:
 
 
 def inner_step(cfg: MetaConfig) -> InnerStep:
-    return InnerStep(cfg.inner_lr, cfg.inner_kl, cfg.inner_natural)
+    return InnerStep(cfg.inner_lr, cfg.inner_kl, cfg.inner_natural, cfg.inner_cg_iters, cfg.inner_fisher_subsample)
 
 
 def adapted_params(params: Params, batch: MetaBatch, step: InnerStep | float, create_graph: bool) -> Params:
