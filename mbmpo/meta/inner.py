@@ -26,7 +26,7 @@ class InnerStep:
     each task's step scaled to that KL(pre || post). `natural` (`meta.inner_natural`): the direction F_k^-1 g_k
     (the step in the Fisher metric, `natural.py`) instead of g_k, the meta-gradient taken through it with F_k
     held constant; at KL 0.02 it gained +0.7 to +5.7 imagined return over g_k on four trained HalfCheetah runs,
-    at about 3.5x the outer step's time (BENCHMARKS.md, 2026-12-06 sixth session)."""
+    at about 1.8x the outer step's time (BENCHMARKS.md, 2026-12-06 sixth and seventh sessions)."""
 
     lr: float
     kl: float = 0.0

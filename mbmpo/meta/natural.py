@@ -8,7 +8,7 @@ J_mu the Jacobian of the action mean in the mean-network's parameters at one sta
 `step_kl_curvature` of `inner.py`: KL(pi_theta || pi_theta-d) ~= d^T F_k d / 2. The natural direction
 F_k^-1 g_k is found by conjugate gradient, all tasks at once, each with its own step lengths, and is
 differentiable in g_k with F_k held constant (`meta.inner_natural`; the outer step's Fisher products then go by
-autograd, 3.5x the time of the plain step's Gauss-Newton form on a HalfCheetah meta-batch).
+autograd; with F_k on half the rollouts an outer step takes 1.8x the plain step's time on a HalfCheetah meta-batch).
 """
 
 from __future__ import annotations
@@ -18,30 +18,43 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor
-from torch.func import jvp, vjp
 
 from mbmpo.meta.trpo import conjugate_gradient
-from mbmpo.policy.gaussian import Params, mean_action
+from mbmpo.policy.gaussian import Params
 
 
 def fisher_product(stacked: Params, obs: Tensor, mask: Tensor, damping: float = 0.0) -> Callable[[Params], Params]:
     """The map v -> (F_k + damping I) v_k for every task at once, at task-batched params `stacked` (T x ...).
 
-    obs T x N x H x D, mask T x N x H. v and the result are task-batched dicts shaped like `stacked`.
+    obs T x N x H x D, mask T x N x H. v and the result are task-batched dicts shaped like `stacked`. The
+    network's activations are computed once; each product is then J_mu v layer by layer (forward mode) and
+    J_mu^T (W J_mu v) back (reverse mode) by hand, with no autograd: about 2x faster than torch.func's jvp/vjp,
+    which recompute the tanh layers on every product.
     """
-    policy = {k: v.detach().contiguous() for k, v in stacked.items()}
-    net = {k: v for k, v in policy.items() if k != "log_std"}
-    mean_of = lambda p: mean_action(p, obs)  # noqa: E731
-    pullback = vjp(mean_of, net)[1]
-    weight = torch.exp(-2.0 * policy["log_std"]).reshape(obs.shape[0], 1, 1, -1) * mask.unsqueeze(-1)
-    weight = weight / mask.sum((1, 2)).clamp_min(1.0).reshape(-1, 1, 1, 1)
+    policy = {k: v.detach() for k, v in stacked.items()}
+    n_tasks, n_layers_ = obs.shape[0], sum(1 for k in policy if k.startswith("w"))
+    with torch.no_grad():
+        inputs = [obs.reshape(n_tasks, -1, obs.shape[-1])]  # T x M x in of each layer
+        for i in range(n_layers_ - 1):
+            inputs.append(torch.tanh(torch.baddbmm(policy[f"b{i}"].unsqueeze(1), inputs[-1], policy[f"w{i}"])))
+        slopes = [1.0 - h * h for h in inputs[1:]]  # tanh' at each hidden layer: T x M x width
+        count = mask.sum((1, 2)).clamp_min(1.0).reshape(-1, 1, 1)
+        weight = torch.exp(-2.0 * policy["log_std"]).unsqueeze(1) * mask.reshape(n_tasks, -1, 1) / count  # T x M x A
 
     def product(v: Params) -> Params:
         with torch.no_grad():
-            jv = jvp(mean_of, (net,), ({k: v[k].contiguous() for k in net},))[1]  # T x N x H x A
-            out = dict(pullback(jv * weight)[0])
-            out["log_std"] = 2.0 * v["log_std"]
-            return {k: out[k] + damping * v[k] for k in v}
+            d_out = torch.baddbmm(v["b0"].unsqueeze(1), inputs[0], v["w0"])  # J v, layer by layer
+            for i in range(1, n_layers_):
+                d_in = slopes[i - 1] * d_out
+                d_out = torch.baddbmm(v[f"b{i}"].unsqueeze(1), inputs[i], v[f"w{i}"]) + torch.bmm(d_in, policy[f"w{i}"])
+            back = d_out * weight  # T x M x A: W J v, then J^T of it, layer by layer
+            out: Params = {"log_std": (2.0 + damping) * v["log_std"]}
+            for i in reversed(range(n_layers_)):
+                out[f"w{i}"] = torch.bmm(inputs[i].transpose(1, 2), back) + damping * v[f"w{i}"]
+                out[f"b{i}"] = back.sum(1) + damping * v[f"b{i}"]
+                if i > 0:
+                    back = torch.bmm(back, policy[f"w{i}"].transpose(1, 2)) * slopes[i - 1]
+            return out
 
     return product
 
