@@ -11,9 +11,9 @@ from mbmpo.policy.gaussian import log_prob as log_prob_of
 T, N, H, D, A = 2, 3, 4, 3, 2
 
 
-def _setup():
+def _setup(hidden: tuple[int, ...] = (4,)):
     torch.manual_seed(0)
-    params = {k: v.double() for k, v in init_params(D, A, (4,), 0.7, torch.Generator().manual_seed(1)).items()}
+    params = {k: v.double() for k, v in init_params(D, A, hidden, 0.7, torch.Generator().manual_seed(1)).items()}
     params["log_std"] = torch.tensor([-0.3, 0.2], dtype=torch.float64)
     stacked = {k: (v + 0.1 * torch.randn_like(v)).contiguous() for k, v in stack_params(params, T).items()}
     obs = torch.randn(T, N, H, D, dtype=torch.float64)
@@ -37,8 +37,9 @@ def _fisher(stacked, obs, mask, t: int) -> torch.Tensor:
     return fisher
 
 
-def test_fisher_product_equals_the_explicit_fisher_and_the_kl_curvature() -> None:
-    stacked, obs, mask = _setup()
+@pytest.mark.parametrize("hidden", [(), (4,), (4, 3)])
+def test_fisher_product_equals_the_explicit_fisher_and_the_kl_curvature(hidden: tuple[int, ...]) -> None:
+    stacked, obs, mask = _setup(hidden)
     v = {k: torch.randn_like(x) for k, x in stacked.items()}
     fv = fisher_product(stacked, obs, mask, damping=0.01)(v)
     quad = step_kl_curvature(stacked, v, obs, mask)
