@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from mbmpo.meta.trpo import conjugate_gradient
-from mbmpo.policy.gaussian import Params
+from mbmpo.policy.gaussian import Params, n_layers
 
 
 def fisher_product(stacked: Params, obs: Tensor, mask: Tensor, damping: float = 0.0) -> Callable[[Params], Params]:
@@ -32,10 +32,10 @@ def fisher_product(stacked: Params, obs: Tensor, mask: Tensor, damping: float = 
     which recompute the tanh layers on every product.
     """
     policy = {k: v.detach() for k, v in stacked.items()}
-    n_tasks, n_layers_ = obs.shape[0], sum(1 for k in policy if k.startswith("w"))
+    n_tasks, depth = obs.shape[0], n_layers(policy)
     with torch.no_grad():
         inputs = [obs.reshape(n_tasks, -1, obs.shape[-1])]  # T x M x in of each layer
-        for i in range(n_layers_ - 1):
+        for i in range(depth - 1):
             inputs.append(torch.tanh(torch.baddbmm(policy[f"b{i}"].unsqueeze(1), inputs[-1], policy[f"w{i}"])))
         slopes = [1.0 - h * h for h in inputs[1:]]  # tanh' at each hidden layer: T x M x width
         count = mask.sum((1, 2)).clamp_min(1.0).reshape(-1, 1, 1)
@@ -44,12 +44,12 @@ def fisher_product(stacked: Params, obs: Tensor, mask: Tensor, damping: float = 
     def product(v: Params) -> Params:
         with torch.no_grad():
             d_out = torch.baddbmm(v["b0"].unsqueeze(1), inputs[0], v["w0"])  # J v, layer by layer
-            for i in range(1, n_layers_):
+            for i in range(1, depth):
                 d_in = slopes[i - 1] * d_out
                 d_out = torch.baddbmm(v[f"b{i}"].unsqueeze(1), inputs[i], v[f"w{i}"]) + torch.bmm(d_in, policy[f"w{i}"])
             back = d_out * weight  # T x M x A: W J v, then J^T of it, layer by layer
             out: Params = {"log_std": (2.0 + damping) * v["log_std"]}
-            for i in reversed(range(n_layers_)):
+            for i in reversed(range(depth)):
                 out[f"w{i}"] = torch.bmm(inputs[i].transpose(1, 2), back) + damping * v[f"w{i}"]
                 out[f"b{i}"] = back.sum(1) + damping * v[f"b{i}"]
                 if i > 0:
