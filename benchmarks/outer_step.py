@@ -5,10 +5,10 @@
 One outer step = the meta-batch (imagined pre-update rollouts, the inner step, post-update rollouts) plus the
 TRPO step (surrogate gradient through the inner step, 11 Fisher-vector products in conjugate gradient and the
 natural step, line search). With `--run`, the models and meta-policy come from that run's checkpoint and the
-start states from its data (a real batch); else a fresh ensemble and policy. One torch thread. Printed:
-medians over `--repeats` of the meta-batch, the TRPO step and one Fisher-vector product in Gauss-Newton form
-(`mbmpo.meta.fisher`, the default) and by autograd through the inner step, with the matmul peak measured
-before and after and the other processes' load.
+start states and state bounds from its data (a real batch, bounded as in training); else a fresh ensemble and
+policy. One torch thread. Printed: medians over `--repeats` of the meta-batch, the TRPO step and one Fisher-vector
+product in Gauss-Newton form (`mbmpo.meta.fisher`, the default) and by autograd through the inner step, with the
+matmul peak measured before and after and the other processes' load.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from mbmpo.meta.loop import build_meta_batch
 from mbmpo.meta.outer import _fisher_vector_product, _old_post_policy, inner_step, subsample, trpo_step
 from mbmpo.models.ensemble import DynamicsEnsemble
 from mbmpo.policy.gaussian import flat, init_params
+from mbmpo.rollouts.imagine import state_bounds
 from mbmpo.tasks import get_task
 from mbmpo.train.checkpoint import load_checkpoint
 from mbmpo.train.init import init_config
@@ -61,20 +62,24 @@ def main() -> None:
            else load_config(root / "config" / f"{args.task}.yaml"))
     ensemble = DynamicsEnsemble(task.obs_dim, task.act_dim, cfg.model)
     gen = torch.Generator().manual_seed(0)
+    bounds = None
     if args.run:
         ckpt = load_checkpoint(args.run)
         ensemble.load_state_dict(ckpt["ensemble"])
         params = ckpt["params"]
         data = np.load(args.run / "data.npz")
         starts = torch.as_tensor(data["starts"], dtype=torch.float32)  # observed episode starts, as training
+        if cfg.meta.state_bounds > 0:  # the imagination bounded to the recorded states' range, as training
+            bounds = state_bounds(torch.as_tensor(data["obs"], dtype=torch.float32), cfg.meta.state_bounds)
     else:
         params = init_params(task.obs_dim, task.act_dim, cfg.policy.hidden, cfg.policy.init_std, gen)
         starts = torch.as_tensor(np.stack([task.make_env(200).reset(seed=i)[0] for i in range(100)]),
                                  dtype=torch.float32)
     horizon = cfg.meta.horizon or cfg.collect.horizon or task.horizon
     peak_before, load = matmul_gflops(), LoadMeter()
-    batch, _ = build_meta_batch(ensemble, params, starts, task, cfg.meta, horizon, gen)
-    t_batch = seconds(lambda: build_meta_batch(ensemble, params, starts, task, cfg.meta, horizon, gen), args.repeats)
+    batch, _ = build_meta_batch(ensemble, params, starts, task, cfg.meta, horizon, gen, bounds)
+    t_batch = seconds(lambda: build_meta_batch(ensemble, params, starts, task, cfg.meta, horizon, gen, bounds),
+                      args.repeats)
     step = inner_step(cfg.meta)
     theta = {k: v.detach().requires_grad_() for k, v in params.items()}
     fisher_batch = subsample(batch, cfg.meta.cg_subsample)
