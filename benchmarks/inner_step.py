@@ -11,8 +11,8 @@ error. A step that carries information gains more than the noise; a step too lar
 settings of one repeat adapt on the same pre-update batch and roll out from the same states with the same random
 stream, so each is also given against the first setting (by default the zero step), a paired and less noisy
 figure. `--natural-kls` takes the step in the Fisher metric (`mbmpo/meta/natural.py`) at those KLs, its Fisher
-matrices estimated on each `--fisher-fractions` share of the rollouts. Prints a
-table; records nothing (it describes one run).
+matrices estimated on each `--fisher-fractions` share of the rollouts. Prints a table; records nothing (it
+describes one run).
 """
 
 from __future__ import annotations
