@@ -31,7 +31,7 @@ from mbmpo.meta.outer import kl_pre_post
 from mbmpo.meta.returns import advantages
 from mbmpo.models.buffer import TransitionBuffer
 from mbmpo.models.ensemble import DynamicsEnsemble
-from mbmpo.rollouts.imagine import imagine, state_bounds
+from mbmpo.rollouts.imagine import imagine, training_bounds
 from mbmpo.tasks import get_task
 from mbmpo.train.checkpoint import load_checkpoint
 
@@ -91,8 +91,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                   InnerStep(0.0, k, natural=True, cg_iters=args.natural_cg_iters, fisher_fraction=f))
                  for k in args.natural_kls for f in args.fisher_fractions]
     gen = torch.Generator().manual_seed(args.seed)
-    margin = cfg.meta.state_bounds
-    bounds = state_bounds(torch.as_tensor(buffer.obs), margin) if margin > 0 else None
+    bounds = training_bounds(torch.as_tensor(buffer.obs), cfg.meta.state_bounds)
     rows = []
     with ensemble.frozen_weights():
         for rollouts in args.rollouts:

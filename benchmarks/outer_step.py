@@ -27,7 +27,7 @@ from mbmpo.meta.loop import build_meta_batch
 from mbmpo.meta.outer import _fisher_vector_product, _old_post_policy, inner_step, subsample, trpo_step
 from mbmpo.models.ensemble import DynamicsEnsemble
 from mbmpo.policy.gaussian import flat, init_params
-from mbmpo.rollouts.imagine import state_bounds
+from mbmpo.rollouts.imagine import training_bounds
 from mbmpo.tasks import get_task
 from mbmpo.train.checkpoint import load_checkpoint
 from mbmpo.train.init import init_config
@@ -69,8 +69,7 @@ def main() -> None:
         params = ckpt["params"]
         data = np.load(args.run / "data.npz")
         starts = torch.as_tensor(data["starts"], dtype=torch.float32)  # observed episode starts, as training
-        if cfg.meta.state_bounds > 0:  # the imagination bounded to the recorded states' range, as training
-            bounds = state_bounds(torch.as_tensor(data["obs"], dtype=torch.float32), cfg.meta.state_bounds)
+        bounds = training_bounds(torch.as_tensor(data["obs"], dtype=torch.float32), cfg.meta.state_bounds)
     else:
         params = init_params(task.obs_dim, task.act_dim, cfg.policy.hidden, cfg.policy.init_std, gen)
         starts = torch.as_tensor(np.stack([task.make_env(200).reset(seed=i)[0] for i in range(100)]),

@@ -38,7 +38,7 @@ from mbmpo.device import native_bf16
 from mbmpo.models.ensemble import DynamicsEnsemble
 from mbmpo.models.training import fit_ensemble
 from mbmpo.policy.gaussian import init_params
-from mbmpo.rollouts.imagine import imagine, state_bounds
+from mbmpo.rollouts.imagine import imagine, training_bounds
 from mbmpo.tasks import get_task
 from mbmpo.train.checkpoint import load_checkpoint
 from mbmpo.types import Trajectories
@@ -134,7 +134,7 @@ def imagined_in_both(run: Path, rollouts: int = 20) -> tuple[int, dict[str, Traj
     tasks = cfg.model.ensemble_size * cfg.meta.tasks_per_model
     pick = torch.randint(0, obs.shape[0], (tasks * rollouts,), generator=torch.Generator().manual_seed(3))
     start = obs[pick].reshape(tasks, rollouts, -1)
-    bounds = state_bounds(obs, cfg.meta.state_bounds) if cfg.meta.state_bounds > 0 else None
+    bounds = training_bounds(obs, cfg.meta.state_bounds)
     out = {}
     for precision in PRECISIONS:
         ens = DynamicsEnsemble(task.obs_dim, task.act_dim, dataclasses.replace(cfg.model, precision=precision,

@@ -21,6 +21,12 @@ def state_bounds(obs: Tensor, margin: float) -> tuple[Tensor, Tensor]:
     return widened(obs.min(0).values, obs.max(0).values, margin)
 
 
+def training_bounds(obs: Tensor, margin: float) -> tuple[Tensor, Tensor] | None:
+    """The bounds training imagines within: `state_bounds` of recorded states B x D, or None (no bound) when
+    `margin` (`meta.state_bounds`) is 0."""
+    return state_bounds(obs, margin) if margin > 0 else None
+
+
 @torch.no_grad()
 def imagine(ensemble: DynamicsEnsemble, params: Params, start_obs: Tensor, horizon: int, task: TaskSpec,
             clip_obs: float, generator: torch.Generator | None = None,

@@ -38,7 +38,7 @@ from mbmpo.models.buffer import TransitionBuffer
 from mbmpo.models.ensemble import DynamicsEnsemble
 from mbmpo.models.training import fit_ensemble
 from mbmpo.policy.gaussian import Params, init_params, mean_action, select
-from mbmpo.rollouts.imagine import state_bounds
+from mbmpo.rollouts.imagine import training_bounds
 from mbmpo.rollouts.real import random_episodes, run_episodes
 from mbmpo.tasks.base import TaskSpec
 from mbmpo.tasks.checks import check_task_functions
@@ -286,8 +286,7 @@ class Trainer:
         gen = torch.Generator(self.device).manual_seed(_seed(self.seed, it, Stream.META))
         starts = torch.as_tensor(self.buffer.starts if self.cfg.meta.start_states == "reset" else self.buffer.obs,
                                  device=self.device)
-        margin = self.cfg.meta.state_bounds
-        bounds = state_bounds(torch.as_tensor(self.buffer.obs, device=self.device), margin) if margin > 0 else None
+        bounds = training_bounds(torch.as_tensor(self.buffer.obs, device=self.device), self.cfg.meta.state_bounds)
         params, adapted, meta = meta_optimize(self.ensemble, to_device(self.state.params, self.device), starts,
                                               self.task, self.cfg.meta, self.imagined_horizon, gen, self.should_stop,
                                               bounds)
