@@ -3,6 +3,7 @@ pass cost at the HalfCheetah preset's sizes, and what the fit reaches.
 
     python benchmarks/precision.py                                  # synthetic data, timings only
     python benchmarks/precision.py --data runs/RUN/data.npz --record  # + a fit on a run's transitions
+    python benchmarks/precision.py --width 32 --matmul 64 --horizon 5  # a quick check of the script itself
 
 Side by side in one process, each repeat timing fp32 then bf16 (so that a shared machine's drift falls on both):
 - the machine's reference: the median GFLOP/s of a 2048 x 2048 `torch.mm` in fp32 and in bf16, before and after;
@@ -17,7 +18,9 @@ Side by side in one process, each repeat timing fp32 then bf16 (so that a shared
   trajectories drift apart (mean |state difference| at steps 1, 10, 50 and the last).
 Torch runs on `--threads` threads (default 1, as training does). Reports medians, the fp32 / bf16 ratios and the
 load of other processes (0: idle, 1: every core busy) while it ran. `--record` adds
-`ensemble_fit_step_bf16_speedup` and `imagination_bf16_speedup` to benchmarks/results.json.
+`ensemble_fit_step_bf16_speedup` and `imagination_bf16_speedup` to benchmarks/results.json. `--width`, `--matmul`
+and `--horizon` shrink the members, the reference matmul and the timed pass: a CPU without bf16 arithmetic
+(no AVX512-BF16 or AMX) emulates it some 70 times slower than fp32, and the preset's sizes take an hour there.
 """
 
 from __future__ import annotations
@@ -60,12 +63,13 @@ def matmul_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 9) -> float:
     return 2 * n**3 / statistics.median(times) / 1e9
 
 
-def ensembles(obs_dim: int, act_dim: int) -> dict[str, DynamicsEnsemble]:
-    """The preset's ensemble in each precision, same weights, normalisers fitted to unit-scale data."""
+def ensembles(obs_dim: int, act_dim: int, width: int) -> dict[str, DynamicsEnsemble]:
+    """The preset's ensemble (members `width` x `width`) in each precision, same weights, normalisers fitted
+    to unit-scale data."""
     out = {}
     for precision in PRECISIONS:
         torch.manual_seed(0)
-        ens = DynamicsEnsemble(obs_dim, act_dim, ModelConfig(hidden=(512, 512), precision=precision))
+        ens = DynamicsEnsemble(obs_dim, act_dim, ModelConfig(hidden=(width, width), precision=precision))
         obs, act = torch.randn(1000, obs_dim), torch.randn(1000, act_dim)
         ens.fit_normalizers(obs, act, obs + 0.1 * torch.randn(1000, obs_dim))
         out[precision] = ens
@@ -99,21 +103,21 @@ def fit_step_fn(ens: DynamicsEnsemble, steps: int = 10) -> Callable[[], None]:
     return run
 
 
-def imagine_fn(ens: DynamicsEnsemble) -> Callable[[], object]:
-    """One imagination pass of the HalfCheetah preset: 20 tasks x 20 rollouts x 200 steps, a fresh policy."""
+def imagine_fn(ens: DynamicsEnsemble, horizon: int) -> Callable[[], object]:
+    """One imagination pass of the HalfCheetah preset: 20 tasks x 20 rollouts x `horizon` steps, a fresh policy."""
     task = get_task("HalfCheetah-v5")
     params = init_params(task.obs_dim, task.act_dim, (32, 32), 1.0, torch.Generator().manual_seed(0))
     start = torch.randn(20, 20, task.obs_dim, generator=torch.Generator().manual_seed(2)) * 0.1
-    return lambda: imagine(ens, params, start, 200, task, 1000.0, torch.Generator().manual_seed(1))
+    return lambda: imagine(ens, params, start, horizon, task, 1000.0, torch.Generator().manual_seed(1))
 
 
-def fit_on_data(path: Path, transitions: int, steps: int) -> dict[str, tuple[float, list[float]]]:
+def fit_on_data(path: Path, transitions: int, steps: int, width: int) -> dict[str, tuple[float, list[float]]]:
     """Seconds and per-member validation loss of a `steps`-step fit on a run's transitions, per precision."""
     data = np.load(path)
     obs, act, nxt = (torch.as_tensor(data[k][:transitions], dtype=torch.float32) for k in ("obs", "act", "next_obs"))
     out = {}
     for precision in PRECISIONS:
-        cfg = ModelConfig(hidden=(512, 512), max_epochs=1000, max_steps=steps, persistency=0.0, precision=precision)
+        cfg = ModelConfig(hidden=(width, width), max_epochs=1000, max_steps=steps, persistency=0.0, precision=precision)
         torch.manual_seed(0)
         ens = DynamicsEnsemble(obs.shape[1], act.shape[1], cfg)
         optimizer = torch.optim.Adam(ens.parameters(), lr=cfg.lr, fused=True)
@@ -168,33 +172,38 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--transitions", type=int, default=40_000)
     p.add_argument("--steps", type=int, default=1000, help="fit steps on --data (the preset caps a fit at 2,000)")
     p.add_argument("--run", type=Path, help="a run folder: imagine its trained models and policy in both precisions")
+    p.add_argument("--width", type=int, default=512, help="the members' hidden width (the preset's: 512)")
+    p.add_argument("--matmul", type=int, default=2048, help="the reference matmul's size n (n x n by n x n)")
+    p.add_argument("--horizon", type=int, default=200, help="imagined steps of the timed pass (the preset's: 200)")
     p.add_argument("--record", action="store_true")
     args = p.parse_args(argv)
+    if min(args.width, args.matmul, args.horizon) < 1:
+        p.error("--width, --matmul and --horizon must be >= 1")
     torch.set_num_threads(args.threads)
     cpu = torch.device("cpu")
     print(f"torch {torch.__version__}, {args.threads} thread(s); native bf16 on this CPU: {native_bf16(cpu)}")
     meter = LoadMeter()
-    peaks = {k: [matmul_gflops(d)] for k, d in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
+    peaks = {k: [matmul_gflops(d, args.matmul)] for k, d in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
     task = get_task("HalfCheetah-v5")
-    ens = ensembles(task.obs_dim, task.act_dim)
+    ens = ensembles(task.obs_dim, task.act_dim, args.width)
     fit = side_by_side({k: fit_step_fn(ens[k]) for k in PRECISIONS}, args.repeats)
-    imag = side_by_side({k: imagine_fn(ens[k]) for k in PRECISIONS}, max(3, args.repeats // 2))
+    imag = side_by_side({k: imagine_fn(ens[k], args.horizon) for k in PRECISIONS}, max(3, args.repeats // 2))
     for k, d in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        peaks[k].append(matmul_gflops(d))
+        peaks[k].append(matmul_gflops(d, args.matmul))
     flops = 3 * forward_flops(ens["fp32"]) * ens["fp32"].members * 500
     print("| | fp32 | bf16 | fp32 / bf16 |\n|---|---|---|---|")
     peak = {k: statistics.mean(v) for k, v in peaks.items()}
-    print(f"| matmul 2048, GFLOP/s (before, after) | {peaks['fp32'][0]:.0f}, {peaks['fp32'][1]:.0f} | "
+    print(f"| matmul {args.matmul}, GFLOP/s (before, after) | {peaks['fp32'][0]:.0f}, {peaks['fp32'][1]:.0f} | "
           f"{peaks['bf16'][0]:.0f}, {peaks['bf16'][1]:.0f} | {peak['fp32'] / peak['bf16']:.2f} |")
     step = {k: fit[k] / 10 for k in PRECISIONS}
     print(f"| fit step, ms | {step['fp32'] * 1e3:.1f} | {step['bf16'] * 1e3:.1f} | {step['fp32'] / step['bf16']:.2f} |")
     print("| fit step, GFLOP/s (share of the dtype's matmul) | "
           + " | ".join(f"{flops / step[k] / 1e9:.0f} ({flops / step[k] / 1e9 / peak[k]:.0%})" for k in PRECISIONS)
           + " | |")
-    print(f"| imagination pass 20 x 20 x 200, s | {imag['fp32']:.2f} | {imag['bf16']:.2f} | "
+    print(f"| imagination pass 20 x 20 x {args.horizon}, s | {imag['fp32']:.2f} | {imag['bf16']:.2f} | "
           f"{imag['fp32'] / imag['bf16']:.2f} |")
     if args.data:
-        res = fit_on_data(args.data, args.transitions, args.steps)
+        res = fit_on_data(args.data, args.transitions, args.steps, args.width)
         print(f"| fit of {args.steps} steps on {args.transitions} transitions of {args.data}, s | "
               f"{res['fp32'][0]:.1f} | {res['bf16'][0]:.1f} | {res['fp32'][0] / res['bf16'][0]:.2f} |")
         print("| its validation loss per member | " + " | ".join(
@@ -205,11 +214,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load of other processes while it ran: {load:.2f} of all cores")
     if args.record:
         cmd = "python " + " ".join(["benchmarks/precision.py", *(argv if argv is not None else sys.argv[1:])])
-        where = f"HalfCheetah preset sizes, {args.threads} thread(s), medians side by side, other load {load:.2f}"
+        where = f"members {args.width} wide, {args.threads} thread(s), medians side by side, other load {load:.2f}"
         record("ensemble_fit_step_bf16_speedup", step["fp32"] / step["bf16"],
-               f"fp32 / bf16 ms of one 5 x (512, 512) fit step, batch 500 ({where})", cmd)
+               f"fp32 / bf16 ms of one 5 x ({args.width}, {args.width}) fit step, batch 500 ({where})", cmd)
         record("imagination_bf16_speedup", imag["fp32"] / imag["bf16"],
-               f"fp32 / bf16 s of one imagination pass 20 x 20 x 200 ({where})", cmd)
+               f"fp32 / bf16 s of one imagination pass 20 x 20 x {args.horizon} ({where})", cmd)
     return 0
 
 
