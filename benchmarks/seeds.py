@@ -11,20 +11,27 @@ the wall-clock; over the second half of each run, the mean imagined adaptation g
 pre) and the median KL(pre || post). With `--record` (and N runs) records `<task>_return_at_100k_meanN`,
 `_minN`, `_maxN` (N >= 2), `<task>_collect_return_at_100k_meanN`, `<task>_imagined_adaptation_gain`,
 `<task>_kl_pre_post_median` and `<task>_wall_s_to_100k` (median) in results.json, and per run (its config's
-seed S) `<task>_return_at_100k_seedS` and `<task>_collect_return_at_100k_seedS`: run folders do not outlive a
-session, so seeds trained in different sessions are combined from these. `--record` also keeps each run's
-curve (real steps, meta-policy and collect returns per iteration, a few KB) in
-`benchmarks/plots/curves/<task>[_<label>]_s<seed>.json`, which `sample_efficiency.py --mbmpo-run` reads in
-place of the run folder.
+seed S) `<task>_return_at_100k_seedS` and `<task>_collect_return_at_100k_seedS`.
+
+Run folders do not outlive a session, so `--keep` (and `--record`) copies each run's `progress.csv` and
+`config.yaml` (every per-iteration figure and the configuration, ~10 KB) to
+`benchmarks/progress/<task>[_<label>]_s<seed>/`. Such a folder is a run folder as this script and
+`sample_efficiency.py --mbmpo-run` read one, so seeds trained in different sessions are combined by naming
+their kept folders in `--runs`:
+
+    python benchmarks/seeds.py --task HalfCheetah-v5 --keep --label fit2000 --runs runs/hc_fit2000_s2
+    python benchmarks/seeds.py --task HalfCheetah-v5 --runs benchmarks/progress/HalfCheetah-v5_fit2000_s{0,1,2}
+
+(The curves kept before as `benchmarks/plots/curves/*.json` hold only the returns; `sample_efficiency.py` still
+reads them.)
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import shutil
 import statistics
 import sys
-import time
 from pathlib import Path
 
 from mbmpo.train.init import saved_run
@@ -33,6 +40,7 @@ from results import record
 from sample_efficiency import PLOTS, SHORT
 
 ROOT = Path(__file__).resolve().parent.parent
+KEPT = ROOT / "benchmarks" / "progress"  # runs kept by --keep / --record
 # REFERENCE.md section 2: sampled real returns of the adapted policies at 100k steps, 200-step episodes
 ANCHORS = {"HalfCheetah-v5": {"original code": 550.0, "RLlib": 520.0},
            "Hopper-v5": {"original code": 650.0, "RLlib": 620.0}}
@@ -80,16 +88,16 @@ def plot(task: str, runs: dict[str, list[ProgressRow]], out: Path) -> None:
     plt.close(fig)
 
 
-def keep_curve(task: str, label: str, seed: int, run: Path, rows: list[ProgressRow]) -> Path:
-    """A run's learning curve beside the plots, for comparisons made after its folder is gone."""
-    path = PLOTS / "curves" / f"{task}{'_' + label if label else ''}_s{seed}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    curve = [[r.real_steps, r.return_pre, r.return_collect] for r in rows]
-    path.write_text(json.dumps({"task": task, "run": run.name, "seed": seed, "label": label,
-                                "date": time.strftime("%Y-%m-%d"), "columns": ["real_steps", "return_pre",
-                                                                                "return_collect"],
-                                "curve": curve}))
-    return path
+def keep_run(task: str, label: str, seed: int, run: Path) -> Path:
+    """Copy a run's progress.csv and config.yaml to `KEPT/<task>[_<label>]_s<seed>/`, a run folder without its
+    checkpoint, data and models, for comparisons made after the run's own folder is gone. Returns that folder."""
+    kept = KEPT / f"{task}{'_' + label if label else ''}_s{seed}"
+    if kept.resolve() == run.resolve():
+        return kept  # already a kept folder
+    kept.mkdir(parents=True, exist_ok=True)
+    for name in ("progress.csv", "config.yaml"):
+        shutil.copyfile(run / name, kept / name)
+    return kept
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -101,7 +109,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--config", type=Path)
     p.add_argument("--steps", type=int, default=100_000)
     p.add_argument("--label", default="", help="name of the variant, for the plot file")
-    p.add_argument("--record", action="store_true", help="write the aggregate records to results.json")
+    p.add_argument("--record", action="store_true", help="write the aggregate records to results.json (and --keep)")
+    p.add_argument("--keep", action="store_true", help="copy each run's progress.csv and config.yaml to "
+                   "benchmarks/progress/<task>[_<label>]_s<seed>/")
     args = p.parse_args(argv)
     runs = list(args.runs)
     if args.train:
@@ -131,13 +141,17 @@ def main(argv: list[str] | None = None) -> None:
     out = PLOTS / f"{args.task}_seeds{'_' + args.label if args.label else ''}.png"
     plot(args.task, rows, out)
     print(f"curves: {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
+    seeds = {run.name: saved_run(run)[0]["seed"] for run in runs}
+    if args.keep or args.record:
+        for run in runs:
+            kept = keep_run(args.task, args.label, seeds[run.name], run)
+            print(f"kept: {kept.relative_to(ROOT) if kept.is_relative_to(ROOT) else kept}")
     if args.record:
         name = SHORT.get(args.task, args.task.lower())
         command = "python " + " ".join(sys.argv).replace(f"{ROOT}/", "")
         unit = f"mean return, 200-step episodes, at {args.steps:,} real steps, {n} seeds"
         for run in runs:
-            s, seed = per_run[run.name], saved_run(run)[0]["seed"]
-            keep_curve(args.task, args.label, seed, run, rows[run.name])
+            s, seed = per_run[run.name], seeds[run.name]
             one = f"return, 200-step episodes, at {s['real_steps']:,} real steps, seed {seed} ({run.name})"
             record(f"{name}_return_at_100k_seed{seed}", s["return_pre"], f"{one}, deterministic meta-policy", command)
             record(f"{name}_collect_return_at_100k_seed{seed}", s["return_collect"],

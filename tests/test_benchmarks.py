@@ -163,7 +163,8 @@ def test_model_adapt_corrects_the_ensemble_and_steps_in_imagination(tmp_path: Pa
 
 def test_seeds_records_each_seed_and_aggregates_only_over_several(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
                                                                    ) -> None:
-    """seeds.py: per run a `_seedS` record (the seed read from the run's config), mean/min/max only for N >= 2."""
+    """seeds.py: per run a `_seedS` record (the seed read from the run's config), mean/min/max only for N >= 2; each
+    run kept as a folder (progress.csv, config.yaml) that gives the same records once the run is gone."""
     import seeds
     from mbmpo.cli import main as cli
 
@@ -176,6 +177,7 @@ def test_seeds_records_each_seed_and_aggregates_only_over_several(tmp_path: Path
     said: dict[str, float] = {}
     monkeypatch.setattr(seeds, "record", lambda name, value, *a, **k: said.__setitem__(name, value))
     monkeypatch.setattr(seeds, "PLOTS", tmp_path / "plots")
+    monkeypatch.setattr(seeds, "KEPT", tmp_path / "kept")
     seeds.main(["--task", "InvertedPendulum-v5", "--runs", str(runs[0]), "--steps", "100", "--record"])
     assert {"invpendulum_return_at_100k_seed3", "invpendulum_collect_return_at_100k_seed3"} <= said.keys()
     assert not any("mean" in k or "_min" in k for k in said if "return_at" in k), said
@@ -186,8 +188,16 @@ def test_seeds_records_each_seed_and_aggregates_only_over_several(tmp_path: Path
     assert said["invpendulum_return_at_100k_min2"] <= said["invpendulum_return_at_100k_max2"]
     from sample_efficiency import mbmpo_curve
 
-    kept = tmp_path / "plots" / "curves" / "InvertedPendulum-v5_s5.json"  # a run's curve outlives its folder
-    assert mbmpo_curve(kept) == mbmpo_curve(runs[1]) and len(mbmpo_curve(kept)) >= 1
+    kept = [tmp_path / "kept" / f"InvertedPendulum-v5_s{seed}" for seed in (3, 5)]  # a run outlives its folder
+    assert sorted(p.name for p in kept[1].iterdir()) == ["config.yaml", "progress.csv"]
+    assert mbmpo_curve(kept[1]) == mbmpo_curve(runs[1]) and len(mbmpo_curve(kept[1])) >= 1
+    first = dict(said)
+    said.clear()  # the kept folders give the same records as the runs they came from
+    seeds.main(["--task", "InvertedPendulum-v5", "--runs", *map(str, kept), "--steps", "100", "--record"])
+    assert said == first
+    said.clear()
+    seeds.main(["--task", "InvertedPendulum-v5", "--runs", str(runs[0]), "--steps", "100", "--keep", "--label", "x"])
+    assert not said and (tmp_path / "kept" / "InvertedPendulum-v5_x_s3" / "progress.csv").is_file()
 
 
 def test_precision_times_both_dtypes_side_by_side_fits_a_runs_data_and_imagines_its_models(
