@@ -48,8 +48,8 @@ Curve = list[tuple[int, float]]  # (real steps, mean evaluation return)
 
 
 def mbmpo_curve(run: Path) -> Curve:
-    """(real_steps, return_pre) per iteration from a run's progress.csv, or from the curve `seeds.py --record`
-    kept of it (a .json file under benchmarks/plots/curves/)."""
+    """(real_steps, return_pre) per iteration from a run's progress.csv (its folder, or the copy `seeds.py --keep`
+    kept under benchmarks/progress/), or from a curve kept before as a .json file under benchmarks/plots/curves/."""
     if run.suffix == ".json":
         return [(int(row[0]), float(row[1])) for row in json.loads(run.read_text())["curve"]]
     return [(r.real_steps, r.return_pre) for r in read_progress(run)]
@@ -185,7 +185,7 @@ def main() -> None:
     p.add_argument("--mbmpo-steps", type=int, default=10_000)
     p.add_argument("--mbmpo-config", type=Path)
     p.add_argument("--mbmpo-run", type=Path, nargs="*", default=[],
-                   help="existing run folders (or their curves kept by seeds.py --record) instead of training")
+                   help="existing run folders (or those seeds.py --keep kept) instead of training")
     p.add_argument("--ppo-steps", type=int, default=300_000)
     p.add_argument("--eval-every", type=int, default=4096, help="PPO evaluation interval in steps")
     p.add_argument("--stop-at-threshold", action="store_true", help="stop each run once it reaches the threshold")
