@@ -141,8 +141,8 @@ def main(argv: list[str] | None = None) -> None:
     out = PLOTS / f"{args.task}_seeds{'_' + args.label if args.label else ''}.png"
     plot(args.task, rows, out)
     print(f"curves: {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
-    seeds = {run.name: saved_run(run)[0]["seed"] for run in runs}
-    if args.keep or args.record:
+    seeds = {run.name: saved_run(run)[0]["seed"] for run in runs} if args.keep or args.record else {}
+    if seeds:
         for run in runs:
             kept = keep_run(args.task, args.label, seeds[run.name], run)
             print(f"kept: {kept.relative_to(ROOT) if kept.is_relative_to(ROOT) else kept}")
